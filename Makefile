@@ -1,0 +1,35 @@
+# fazt-agent: `make run` starts the daemon on a demo ops folder, `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OPS    ?= ops
+
+.PHONY: run test bench install system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(OPS)/config.toml: | $(VENV)/.installed
+	$(BIN)/fazt-agent init $(OPS)
+
+run: $(VENV)/.installed $(OPS)/config.toml
+	$(BIN)/fazt-agent --config $(OPS)/config.toml run
+
+system-deps:
+	scripts/system-deps
+
+test: system-deps $(VENV)/.installed
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info

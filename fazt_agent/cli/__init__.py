@@ -1,0 +1,57 @@
+"""The `fazt-agent` command line: a thin typer app that parses, loads config and calls the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import core, events, pulse
+from ._common import state
+
+app = typer.Typer(name="fazt-agent", no_args_is_help=True, add_completion=False,
+                  help="fazt-agent: the autonomous operator of your server.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@app.callback()
+def _global(config: Path = typer.Option(None, "--config", "-c", envvar=None, dir_okay=False,
+                                        help="config.toml to use (else $FAZT_AGENT_CONFIG, ./config.toml, "
+                                             "/etc/fazt-agent/config.toml, embedded defaults).")) -> None:
+    state.config_path = config
+
+
+app.command("init")(core.init)
+app.add_typer(core.config_app, name="config")
+app.command("run")(core.run_daemon)
+app.command("beat")(core.beat)
+app.command("status")(core.status)
+app.command("systemd-unit")(core.systemd_unit)
+app.add_typer(events.app, name="events")
+app.add_typer(pulse.app, name="pulse")
+
+
+def hoist_config(argv: list[str]) -> list[str]:
+    """Accept `--config PATH` anywhere (`fazt-agent run --config X`) by moving it to the front."""
+    rest, front, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg == "--config" and i + 1 < len(argv):
+            front += argv[i:i + 2]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def main() -> None:
+    import sys
+
+    app(args=hoist_config(sys.argv[1:]), prog_name="fazt-agent")

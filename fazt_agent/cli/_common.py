@@ -1,0 +1,93 @@
+"""What every CLI command shares: the loaded config, async running, output and errors.
+
+Exit codes: 0 ok, 1 a problem was found (or the operation failed), 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn, TypeVar
+
+import typer
+
+from ..errors import ConfigError, FaztAgentError
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+class State:
+    """Global options, set by the app callback."""
+
+    config_path: Path | None = None
+
+
+state = State()
+
+
+def fail(message: str, hint: str | None = None, code: int = EXIT_PROBLEM) -> NoReturn:
+    """Print one readable error line (and a hint) to stderr and exit with `code`."""
+    typer.secho(f"error: {message}", err=True, fg="red")
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    raise typer.Exit(code)
+
+
+def load() -> Any:
+    """The configuration, or exit 2 with `FILE:KEY` lines."""
+    from ..config import load_config
+
+    try:
+        return load_config(state.config_path)
+    except ConfigError as e:
+        report_config_error(e)
+
+
+def report_config_error(e: ConfigError) -> NoReturn:
+    for issue in e.issues:
+        typer.secho(str(issue), err=True, fg="red")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run an async command body, turning our errors into one-line messages."""
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except ConfigError as e:
+        report_config_error(e)
+    except FaztAgentError as e:
+        fail(str(e))
+
+
+@asynccontextmanager
+async def runtime(config: Any = None) -> AsyncIterator[Any]:
+    """An open Runtime on the configured data dir, closed afterwards."""
+    from ..runtime import Runtime
+
+    rt = await Runtime.open(config or load())
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+STATUS_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red", "unknown": "magenta"}
+
+
+def styled(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"

@@ -1,0 +1,121 @@
+"""Top-level commands: init, config check, run, beat, status, systemd-unit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, load, print_json, run, runtime, styled
+
+config_app = typer.Typer(help="Validate the configuration.", no_args_is_help=True)
+
+
+def init(directory: Path = typer.Argument(..., help="The ops folder to create (your git repo of definitions)."),
+         force: bool = typer.Option(False, "--force", help="Overwrite an existing config.toml.")) -> None:
+    """Scaffold an ops folder: config.toml, policies/ prompts/ pulse/ kernel/ and a .gitignore."""
+    from ..scaffold import scaffold
+
+    try:
+        written = scaffold(directory, force=force)
+    except FileExistsError as e:
+        fail(str(e), hint="pass --force to overwrite it", code=EXIT_USAGE)
+    for path in written:
+        typer.echo(f"created {path}")
+    typer.echo(f"\nnext: fazt-agent config check --config {directory / 'config.toml'}\n"
+               f"      fazt-agent run --config {directory / 'config.toml'}")
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Validate config.toml and every definition file; errors print as FILE:KEY: message."""
+    from ..definitions import load_definitions
+    from ..errors import ConfigError
+
+    config = load()
+    try:
+        defs = load_definitions(config)
+    except ConfigError as e:
+        for issue in e.issues:
+            typer.secho(str(issue), err=True, fg="red")
+        raise typer.Exit(EXIT_USAGE)
+    source = config.source or "embedded defaults"
+    typer.echo(f"config {source}: ok")
+    for name, folder in config.folders.items():
+        note = " (shipped defaults)" if name in config.shipped else ""
+        typer.echo(f"  {name + '/':10} {folder}{note}")
+    typer.echo(f"  {len(defs.checks)} checks in {len(defs.files)} pulse files")
+
+
+def run_daemon(log_format: str = typer.Option(None, "--log-format", help="text or json (overrides [log] format)."),
+               log_level: str = typer.Option(None, "--log-level", help="debug, info, warning or error.")) -> None:
+    """Run the daemon in the foreground (what the systemd unit starts)."""
+    from .. import logs
+    from ..daemon import Daemon
+
+    config = load()
+    logs.setup(log_level or config.file.log.level, log_format or config.file.log.format)
+    logs.add_secrets(config.secrets)
+    code = run(lambda: Daemon(config).run())
+    raise typer.Exit(code)
+
+
+def beat(as_json: bool = typer.Option(False, "--json", help="Print the beat as JSON.")) -> None:
+    """Run every check once now, store the beat, print it, exit (1 when something is not ok)."""
+
+    async def body() -> Any:
+        async with runtime() as rt:
+            return await rt.pulse.beat(everything=True)
+
+    result = run(body)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        from rich.table import Table
+
+        table = Table("check", "target", "status", "message", box=None, pad_edge=False)
+        for r in result.results:
+            table.add_row(r.check, r.target, styled(r.status), r.message)
+        out = console()
+        out.print(table)
+        out.print(f"beat {result.id}: {styled(result.status)} in {result.duration_ms:.0f} ms")
+    raise typer.Exit(0 if result.status == "ok" else EXIT_PROBLEM)
+
+
+def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
+    """Summarise health, the last beat, autonomy and whether the daemon runs."""
+    from ..status import gather_status
+
+    async def body() -> dict[str, Any]:
+        async with runtime() as rt:
+            return await gather_status(rt)
+
+    data = run(body)
+    if as_json:
+        print_json(data)
+        return
+    out = console()
+    daemon = f"running (pid {data['daemon']['pid']})" if data["daemon"]["running"] else "not running"
+    out.print(f"health     {styled(data['health'])}")
+    out.print(f"daemon     {daemon}")
+    out.print(f"autonomy   {data['autonomy']}")
+    last = data["last_beat"]
+    out.print(f"last beat  {last['ts'] + ' (' + last['status'] + ')' if last else 'none yet'}")
+    out.print(f"checks     {data['checks']} configured, {len(data['problems'])} not ok")
+    for p in data["problems"]:
+        target = f" {p['target']}" if p["target"] else ""
+        out.print(f"  {styled(p['status'])} {p['check']}{target}: {p['message']}")
+    for note in data["notes"]:
+        out.print(f"note: {note}")
+
+
+def systemd_unit(user: str = typer.Option("root", "--user", help="The user the service runs as."),
+                 config_path: Path = typer.Option(None, "--unit-config", help="The config path written into ExecStart "
+                                                  "(default: the config in use, else /etc/fazt-agent/config.toml)."),
+                 ) -> None:
+    """Print a hardened systemd unit for the daemon (Type=notify, watchdog, sandboxing)."""
+    from ..systemd import render_unit
+
+    config = load()
+    typer.echo(render_unit(config, user=user, config_path=config_path), nl=False)

@@ -1,0 +1,113 @@
+"""`fazt-agent pulse ...`: current status, history and metric trends from stored beats."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import typer
+
+from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, print_json, run, runtime, styled
+
+app = typer.Typer(help="Health checks: status, history, trends.", no_args_is_help=True)
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+@app.command("status")
+def pulse_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The newest result of every check and target."""
+
+    async def body() -> list[Any]:
+        async with runtime() as rt:
+            configured = {c.name for c in rt.pulse.checks}
+            return [(ts, r) for ts, r in await rt.beats.latest() if r.check in configured]
+
+    rows = run(body)
+    if as_json:
+        print_json([{**r.to_json(), "ts": ts.isoformat()} for ts, r in rows])
+        return
+    if not rows:
+        typer.echo("no beats stored yet: run `fazt-agent beat` or start the daemon")
+        return
+    from rich.table import Table
+
+    table = Table("check", "target", "status", "message", "measured", box=None, pad_edge=False)
+    for ts, r in rows:
+        table.add_row(r.check, r.target, styled(r.status), r.message, f"{ts:%Y-%m-%d %H:%M:%S}")
+    console().print(table)
+
+
+@app.command("history")
+def history(hours: float = typer.Option(24, "--hours", min=0.01, help="How far back."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Beats of the last N hours with what was not ok in each."""
+
+    async def body() -> list[dict[str, Any]]:
+        async with runtime() as rt:
+            return await rt.beats.history(rt.clock.now() - timedelta(hours=hours))
+
+    beats = run(body)
+    if as_json:
+        print_json(beats)
+        return
+    out = console()
+    for b in beats:
+        problems = "; ".join(f"{p['check']}{'[' + p['target'] + ']' if p['target'] else ''}: {p['message']}"
+                             for p in b["problems"])
+        out.print(f"{b['ts'][:19]}  {styled(b['status'])}  {problems}")
+    out.print(f"{len(beats)} beats in the last {hours:g} h")
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """Unicode block sparkline of `values`, averaged into at most `width` buckets."""
+    if not values:
+        return ""
+    if len(values) > width:
+        size = len(values) / width
+        values = [sum(chunk) / len(chunk) for i in range(width)
+                  if (chunk := values[int(i * size):max(int((i + 1) * size), int(i * size) + 1)])]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values)
+
+
+@app.command("trend")
+def trend(metric: str = typer.Argument(..., help="CHECK.METRIC or CHECK[TARGET].METRIC, e.g. 'disk[/].used_percent'."),
+          hours: float = typer.Option(24, "--hours", min=0.01, help="How far back."),
+          as_json: bool = typer.Option(False, "--json", help="Print the series as JSON.")) -> None:
+    """A terminal sparkline of one metric over time."""
+    from ..pulse.beats import MetricRef
+
+    try:
+        ref = MetricRef.parse(metric)
+    except ValueError as e:
+        fail(str(e), code=EXIT_USAGE)
+
+    async def body() -> tuple[str, list[tuple[Any, float]], list[str]]:
+        async with runtime() as rt:
+            targets = await rt.beats.targets(ref.check)
+            target = ref.target
+            if target is None:
+                if len(targets) != 1:
+                    return "", [], targets
+                target = targets[0]
+            since = rt.clock.now() - timedelta(hours=hours)
+            return target, await rt.beats.series(ref.check, target, ref.metric, since), targets
+
+    target, points, targets = run(body)
+    if ref.target is None and len(targets) != 1:
+        if not targets:
+            fail(f"no stored results for check {ref.check!r}", hint="see `fazt-agent pulse status` for check names")
+        fail(f"check {ref.check!r} has several targets: {', '.join(targets)}",
+             hint=f"name one, e.g. '{ref.check}[{targets[0]}].{ref.metric}'", code=EXIT_USAGE)
+    if as_json:
+        print_json([{"ts": ts.isoformat(), "value": v} for ts, v in points])
+        return
+    if not points:
+        fail(f"no values of {metric!r} in the last {hours:g} h", code=EXIT_PROBLEM)
+    values = [v for _, v in points]
+    out = console()
+    label = str(MetricRef(ref.check, target or None, ref.metric))
+    out.print(f"{label}  last {hours:g} h, {len(values)} points")
+    out.print(sparkline(values))
+    out.print(f"min {min(values):.4g}  max {max(values):.4g}  last {values[-1]:.4g}")

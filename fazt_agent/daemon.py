@@ -1,0 +1,232 @@
+"""The daemon's lifecycle: lock, store, scheduler, control plane, signals, sd_notify, shutdown.
+
+`Daemon.run()` is the async entry point (tests drive it directly or through `fazt-agent run`).
+SIGTERM/SIGINT set a stop event; the daemon then stops scheduling, lets an in-flight beat finish
+within the drain timeout (or cancels it and records it as interrupted), stops the listener, and
+returns 0 — all within 5 seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from datetime import datetime
+from typing import Any, Awaitable, Callable, Coroutine, Iterator
+
+from . import __version__
+from ._lock import DataDirLock
+from ._sdnotify import Notifier
+from .clock import iso
+from .config import Config
+from .errors import FaztAgentError
+from .event_types import AgentStarted, AgentStopped, PulseBeatInterrupted
+from .pulse.runner import BeatResult
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+DRAIN_TIMEOUT = 3.0
+BeatHook = Callable[[BeatResult], Awaitable[None]]
+
+
+class Daemon:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None):
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.lock = DataDirLock(config.data_dir)
+        self.stop_event = asyncio.Event()
+        self.after_beat: list[BeatHook] = []
+        self.runtime: Runtime | None = None
+        self._inflight: dict[asyncio.Task[None], tuple[str, datetime]] = {}
+        self._started = time.monotonic()
+        self._last_beat: BeatResult | None = None
+        self._last_beat_mono: float | None = None
+        self._stop_reason = "stopped"
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the process exit code.
+
+        Raises:
+            LockError: another daemon runs on the same data dir.
+            ConfigError, StoreError: the configuration or database cannot be used.
+        """
+        self.lock.acquire()
+        try:
+            self.runtime = await Runtime.open(self.config)
+            try:
+                return await self._serve(self.runtime)
+            finally:
+                await self.runtime.close()
+        finally:
+            self.lock.release()
+            self.notifier.close()
+
+    async def _serve(self, rt: Runtime) -> int:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
+        await rt.events.emit("agent.started", AgentStarted(
+            version=__version__, pid=os.getpid(), config=str(rt.config.source) if rt.config.source else None,
+            data_dir=str(rt.config.data_dir), autonomy=await rt.autonomy(), checks=len(rt.pulse.checks)))
+        server, server_task = await self._start_http(rt)
+        scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
+        scheduler.add_job(self._beat_job, "interval", seconds=rt.config.file.pulse.interval,
+                          next_run_time=datetime.now().astimezone(), id="beat",
+                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        scheduler.add_job(self._prune_job, "interval", hours=1, next_run_time=datetime.now().astimezone(),
+                          id="prune", max_instances=1, coalesce=True)
+        scheduler.start()
+        watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
+        self.notifier.send("READY=1", f"STATUS=running, {len(rt.pulse.checks)} checks every "
+                                      f"{rt.config.file.pulse.interval:g}s")
+        log.debug("notify urls: %s", rt.config.file.notify.urls or "none (notifications go to this log)")
+        log.info("fazt-agent %s started: %d checks, data dir %s", __version__, len(rt.pulse.checks),
+                 rt.config.data_dir)
+        await self.stop_event.wait()
+
+        self.notifier.send("STOPPING=1", f"STATUS=stopping ({self._stop_reason})")
+        log.info("stopping (%s)", self._stop_reason)
+        scheduler.shutdown(wait=False)
+        interrupted = await self._drain(rt)
+        if watchdog:
+            watchdog.cancel()
+        if server is not None and server_task is not None:
+            server.should_exit = True
+            try:
+                await asyncio.wait_for(server_task, 1.5)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                server_task.cancel()
+        await rt.events.emit("agent.stopped", AgentStopped(
+            reason=self._stop_reason, uptime_s=round(time.monotonic() - self._started, 3), interrupted=interrupted))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        return 0
+
+    def stop(self, reason: str = "stopped") -> None:
+        self._stop_reason = reason
+        self.stop_event.set()
+
+    def spawn(self, kind: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task of ours, tracked so that stopping drains or records it.
+
+        Scheduler jobs only spawn: stopping the scheduler never cancels work half-done.
+        """
+        task = asyncio.get_running_loop().create_task(coro, name=kind)
+        assert self.runtime is not None
+        self._inflight[task] = (kind, self.runtime.clock.now())
+        task.add_done_callback(lambda t: self._inflight.pop(t, None))
+
+    async def _beat_job(self) -> None:
+        """The scheduler's tick (a coroutine, so it runs on the loop): one beat at a time."""
+        if any(kind == "beat" for kind, _ in self._inflight.values()):
+            log.warning("beat skipped: the previous beat is still running")
+            return
+        if not self.stop_event.is_set():
+            assert self.runtime is not None
+            self.spawn("beat", self._beat(self.runtime))
+
+    async def _beat(self, rt: Runtime) -> None:
+        try:
+            beat = await rt.pulse.beat()
+            self._last_beat, self._last_beat_mono = beat, time.monotonic()
+            bad = sum(1 for r in beat.results if r.status != "ok")
+            log.debug("beat %s: %s in %.0f ms, %d not ok", beat.id, beat.status, beat.duration_ms, bad)
+            self.notifier.send(f"STATUS=last beat {beat.ts:%H:%M:%S}: {beat.status}, "
+                               f"{len(beat.results)} results, {bad} not ok")
+            for hook in self.after_beat:
+                await hook(beat)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # supervisor boundary: a failed beat is logged, the next one runs
+            log.exception("beat failed")
+
+    async def _prune_job(self) -> None:
+        self.spawn("prune", self._prune())
+
+    async def _prune(self) -> None:
+        assert self.runtime is not None
+        try:
+            events, beats = await self.runtime.prune()
+            if events or beats:
+                log.info("retention: removed %d events and %d beats", events, beats)
+        except Exception:
+            log.exception("retention failed")
+
+    async def _drain(self, rt: Runtime) -> list[str]:
+        """Let in-flight work finish within DRAIN_TIMEOUT; cancel and record the rest."""
+        if not self._inflight:
+            return []
+        started = dict(self._inflight)
+        _, pending = await asyncio.wait(list(started), timeout=DRAIN_TIMEOUT)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.5)
+        interrupted = []
+        for task in pending:
+            kind, at = started[task]
+            if kind == "beat":
+                await rt.events.emit("pulse.beat_interrupted", PulseBeatInterrupted(
+                    started_at=iso(at), reason=f"daemon stopping ({self._stop_reason})"), source="pulse")
+            interrupted.append(f"{kind} started {iso(at)}")
+        return interrupted
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        assert interval is not None
+        while True:
+            self.notifier.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while beats keep coming: the last one is younger than 3 intervals."""
+        assert self.runtime is not None
+        interval = self.runtime.config.file.pulse.interval
+        slack = 3 * interval + self.runtime.config.file.pulse.timeout
+        now = time.monotonic()
+        details: dict[str, Any] = {"version": __version__, "uptime_s": round(now - self._started, 1)}
+        if self._last_beat is None or self._last_beat_mono is None:
+            details["last_beat"] = None
+            return now - self._started < slack, details
+        age = now - self._last_beat_mono
+        details.update(last_beat=iso(self._last_beat.ts), last_beat_status=self._last_beat.status,
+                       last_beat_age_s=round(age, 1))
+        return age < slack, details
+
+    async def _start_http(self, rt: Runtime) -> tuple[Any, asyncio.Task[None] | None]:
+        http = rt.config.file.http
+        if not http.enabled:
+            return None, None
+        import uvicorn
+
+        from .web.app import create_app
+
+        class _QuietServer(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:  # the daemon owns SIGTERM/SIGINT
+                yield
+
+        family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((http.host, http.port))
+        except OSError as e:
+            sock.close()
+            raise FaztAgentError(f"cannot listen on {http.listen} ([http] listen): {e.strerror or e}") from None
+        sock.set_inheritable(True)
+        config = uvicorn.Config(create_app(self.health), log_level="warning", access_log=False, lifespan="off")
+        server = _QuietServer(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if task.done():
+            raise FaztAgentError(f"the control plane on {http.listen} failed to start: {task.exception()}")
+        log.info("control plane on http://%s", http.listen)
+        return server, task

@@ -1,0 +1,87 @@
+"""Loading the definition folders (the owner's ops repo): pulse/, policies/, kernel/, prompts/.
+
+Every file is read and validated; all problems are collected and raised together as one
+`ConfigError` whose issues read `FILE:KEY: message`, so `config check` shows everything at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._toml import load_model, read_toml
+from .config import Config
+from .errors import ConfigError, Issue
+from .pulse import CHECKS, Check
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """Everything loaded from the definition folders."""
+
+    checks: list[Check] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+@cache
+def pulse_file_model() -> type[BaseModel]:
+    """The model of one pulse/*.toml file: `[[checks]]` tables, one union member per kind."""
+    members = tuple(cls.Config for cls in CHECKS.values())
+    CheckUnion = Annotated[Union[members], Field(discriminator="kind")]  # type: ignore[valid-type]
+
+    class PulseFile(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        checks: list[CheckUnion] = Field(default_factory=list)  # type: ignore[valid-type]
+
+    return PulseFile
+
+
+def toml_files(folder: Path) -> list[Path]:
+    """The `*.toml` files of a folder, sorted by name (the load order)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix == ".toml" and not p.name.startswith("."))
+
+
+def load_checks(folder: Path) -> tuple[list[Check], list[Path], list[Issue]]:
+    checks: list[Check] = []
+    files = toml_files(folder)
+    issues: list[Issue] = []
+    seen: dict[str, Path] = {}
+    model = pulse_file_model()
+    for path in files:
+        try:
+            parsed: Any = load_model(model, read_toml(path), str(path))
+        except ConfigError as e:
+            issues += e.issues
+            continue
+        for index, cfg in enumerate(parsed.checks):
+            if cfg.name in seen:
+                issues.append(Issue(str(path), f"checks[{index}].name",
+                                    f"duplicate check name {cfg.name!r} (also defined in {seen[cfg.name]})"))
+                continue
+            seen[cfg.name] = path
+            if cfg.enabled:
+                checks.append(CHECKS[cfg.kind](cfg))
+    return checks, files, issues
+
+
+def load_definitions(config: Config) -> Definitions:
+    """Load and validate every definition folder of `config`.
+
+    Raises:
+        ConfigError: any file is unreadable or invalid (every issue of every file listed).
+    """
+    issues: list[Issue] = []
+    folder = config.folders["pulse"]
+    if config.file.paths.pulse is not None and not folder.is_dir():
+        issues.append(Issue(str(config.source), "paths.pulse", f"folder {str(folder)!r} does not exist"))
+    checks, files, pulse_issues = load_checks(folder)
+    issues += pulse_issues
+    if issues:
+        raise ConfigError(issues)
+    return Definitions(checks=checks, files=files)

@@ -1,0 +1,84 @@
+"""Shared fixtures: an ops folder made by the real `fazt-agent init`, and the real CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAZT_AGENT_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Ops:
+    """An ops folder (config.toml + definition folders) and a CLI bound to it."""
+
+    dir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.toml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `fazt-agent --config CONFIG ARGS...` as a real subprocess."""
+        return subprocess.run([sys.executable, "-m", "fazt_agent", "--config", str(self.config), *args],
+                              capture_output=True, text=True, timeout=timeout, env=env or base_env(),
+                              input=input, cwd=self.dir)
+
+    def read_config(self) -> dict[str, Any]:
+        return tomllib.loads(self.config.read_text())
+
+    def set_config(self, section: str, key: str, value: Any) -> None:
+        data = self.read_config()
+        data.setdefault(section, {})[key] = value
+        self.config.write_text(tomli_w.dumps(data))
+
+    def write_pulse(self, name: str, text: str, *, only: bool = True) -> Path:
+        """Write pulse/NAME.toml; with `only`, remove the other pulse files first."""
+        folder = self.dir / "pulse"
+        if only:
+            for p in folder.glob("*.toml"):
+                p.unlink()
+        path = folder / f"{name}.toml"
+        path.write_text(text)
+        return path
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `fazt-agent ARGS...` with no implicit config."""
+    return subprocess.run([sys.executable, "-m", "fazt_agent", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env or base_env(), cwd=cwd)
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> Ops:
+    """A fresh ops folder from `fazt-agent init`, with a free control-plane port."""
+    result = cli("init", str(tmp_path / "ops"))
+    assert result.returncode == 0, result.stderr
+    o = Ops(tmp_path / "ops")
+    o.set_config("http", "listen", f"127.0.0.1:{free_port()}")
+    return o
