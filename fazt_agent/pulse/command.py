@@ -133,7 +133,7 @@ class CommandCheck(Check):
         finally:
             if proc.returncode is None:  # cancelled: take the plugin and its children down
                 try:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 await asyncio.shield(proc.wait())

@@ -62,8 +62,8 @@ class HttpConfig(CheckConfig):
     def _within_timeout(cls, value: float, info: ValidationInfo) -> float:
         timeout = info.data.get("timeout")
         if timeout is not None and value >= timeout:
-            raise ValueError(f"request_timeout {value:g}s must be shorter than the check timeout {timeout:g}s, "
-                             "or a slow server reads as 'unknown' instead of 'critical'")
+            raise ValueError(f"request_timeout {value:g}s (default 8s) must be shorter than the check timeout "
+                             f"{timeout:g}s, or a slow server reads as 'unknown'; set it lower")
         return value
 
 
