@@ -46,4 +46,86 @@ MIGRATIONS: list[str] = [
     CREATE INDEX results_beat ON results(beat_id);
     CREATE INDEX results_check_ts ON results(check_name, target, ts)
     """,
+    # 2: the autonomy loop: incidents, actions, halts, the notification outbox
+    """
+    CREATE TABLE incidents (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        check_name       TEXT NOT NULL,
+        target           TEXT NOT NULL,
+        kind             TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        severity         TEXT NOT NULL,
+        peak_severity    TEXT NOT NULL,
+        message          TEXT NOT NULL,
+        metrics          TEXT NOT NULL,
+        details          TEXT NOT NULL,
+        opened_at        TEXT NOT NULL,
+        updated_at       TEXT NOT NULL,
+        resolved_at      TEXT,
+        beats            INTEGER NOT NULL DEFAULT 1,
+        decided_at       TEXT,
+        decided_severity TEXT,
+        last_verdict     TEXT,
+        verify_action_id INTEGER,
+        verify_by        TEXT,
+        retry_at         TEXT
+    );
+    CREATE UNIQUE INDEX incidents_open ON incidents(check_name, target) WHERE status = 'open';
+    CREATE INDEX incidents_status ON incidents(status, id);
+    CREATE TABLE actions (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id  INTEGER,
+        halt_id      INTEGER,
+        rule         TEXT,
+        action       TEXT NOT NULL,
+        args         TEXT NOT NULL,
+        plan         TEXT NOT NULL,
+        risk         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        started_at   TEXT,
+        finished_at  TEXT,
+        outcome      TEXT
+    );
+    CREATE INDEX actions_state ON actions(state);
+    CREATE INDEX actions_incident ON actions(incident_id, id);
+    CREATE TABLE halts (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id    INTEGER,
+        rule           TEXT,
+        title          TEXT NOT NULL,
+        body           TEXT NOT NULL,
+        plan           TEXT NOT NULL,
+        options        TEXT NOT NULL,
+        default_option TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        answer         TEXT,
+        answered_by    TEXT,
+        note           TEXT,
+        created_at     TEXT NOT NULL,
+        expires_at     TEXT NOT NULL,
+        remind_at      TEXT,
+        reminded_at    TEXT,
+        answered_at    TEXT,
+        execution      TEXT,
+        action_id      INTEGER
+    );
+    CREATE INDEX halts_status ON halts(status, expires_at);
+    CREATE TABLE notifications (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        title           TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        severity        TEXT NOT NULL,
+        halt_id         INTEGER,
+        incident_id     INTEGER,
+        status          TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        created_at      TEXT NOT NULL,
+        next_attempt_at TEXT NOT NULL,
+        sent_at         TEXT
+    );
+    CREATE INDEX notifications_due ON notifications(status, next_attempt_at)
+    """,
 ]

@@ -30,6 +30,7 @@ from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 3.0
+HOUSEKEEPING_INTERVAL = 2.0
 BeatHook = Callable[[BeatResult], Awaitable[None]]
 
 
@@ -41,6 +42,7 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.after_beat: list[BeatHook] = []
         self.runtime: Runtime | None = None
+        self.engine: Any = None
         self._inflight: dict[asyncio.Task[None], tuple[str, datetime]] = {}
         self._started = time.monotonic()
         self._last_beat: BeatResult | None = None
@@ -74,6 +76,11 @@ class Daemon:
         await rt.events.emit("agent.started", AgentStarted(
             version=__version__, pid=os.getpid(), config=str(rt.config.source) if rt.config.source else None,
             data_dir=str(rt.config.data_dir), autonomy=await rt.autonomy(), checks=len(rt.pulse.checks)))
+        from .engine import Engine
+
+        self.engine = Engine(rt, spawn=self.spawn)
+        self.after_beat.insert(0, self.engine.on_beat)
+        await self.engine.reconcile()
         server, server_task = await self._start_http(rt)
         scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
         scheduler.add_job(self._beat_job, "interval", seconds=rt.config.file.pulse.interval,
@@ -81,6 +88,8 @@ class Daemon:
                           max_instances=1, coalesce=True, misfire_grace_time=None)
         scheduler.add_job(self._prune_job, "interval", hours=1, next_run_time=datetime.now().astimezone(),
                           id="prune", max_instances=1, coalesce=True)
+        scheduler.add_job(self._housekeeping_job, "interval", seconds=HOUSEKEEPING_INTERVAL, id="housekeeping",
+                          max_instances=1, coalesce=True)
         scheduler.start()
         watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         self.notifier.send("READY=1", f"STATUS=running, {len(rt.pulse.checks)} checks every "
@@ -145,6 +154,19 @@ class Daemon:
             raise
         except Exception:  # supervisor boundary: a failed beat is logged, the next one runs
             log.exception("beat failed")
+
+    async def _housekeeping_job(self) -> None:
+        """Every few seconds: reload an edited policy, expire/remind halts, retry notifications."""
+        if not any(kind == "housekeeping" for kind, _ in self._inflight.values()) and not self.stop_event.is_set():
+            self.spawn("housekeeping", self._housekeeping())
+
+    async def _housekeeping(self) -> None:
+        assert self.engine is not None
+        try:
+            await self.engine.reload_policy()
+            await self.engine.sweep()
+        except Exception:  # supervisor boundary
+            log.exception("housekeeping failed")
 
     async def _prune_job(self) -> None:
         self.spawn("prune", self._prune())

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._toml import load_model, read_toml
 from .config import Config
 from .errors import ConfigError, Issue
+from .kernel import ACTIONS
+from .kernel.settings import KernelSettings, load_kernel
+from .policy.model import Policy, load_policy
 from .pulse import CHECKS, Check
 
 
@@ -25,6 +28,8 @@ class Definitions:
 
     checks: list[Check] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    policy: Policy = field(default_factory=Policy)
+    kernel: KernelSettings = field(default_factory=KernelSettings)
 
 
 @cache
@@ -82,6 +87,10 @@ def load_definitions(config: Config) -> Definitions:
         issues.append(Issue(str(config.source), "paths.pulse", f"folder {str(folder)!r} does not exist"))
     checks, files, pulse_issues = load_checks(folder)
     issues += pulse_issues
+    kernel, kernel_issues = load_kernel(config.folders["kernel"])
+    issues += kernel_issues
+    policy, policy_issues = load_policy(config.folders["policies"], set(ACTIONS))
+    issues += policy_issues
     if issues:
         raise ConfigError(issues)
-    return Definitions(checks=checks, files=files)
+    return Definitions(checks=checks, files=files, policy=policy, kernel=kernel)

@@ -84,3 +84,163 @@ class StorePruned(EventData):
     before: str
     events: int
     beats: int
+
+
+# --- the autonomy loop -------------------------------------------------------------------
+
+class IncidentData(EventData):
+    check: str
+    target: str
+    kind: str
+    severity: str
+    message: str
+    previous: str | None = None
+
+
+event_type("incident.opened")(type("IncidentOpened", (IncidentData,), {}))
+event_type("incident.updated")(type("IncidentUpdated", (IncidentData,), {}))
+event_type("incident.resolved")(type("IncidentResolved", (IncidentData,), {}))
+
+
+@event_type("decision.made")
+class DecisionMade(EventData):
+    """A verdict on a plan (or on "notify only"), with everything needed to audit it."""
+
+    trigger: str
+    planner: str
+    autonomy: str
+    verdict: str
+    reason: str
+    policy_version: str
+    rule: str | None = None
+    action: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    plan: dict[str, Any] | None = None
+    paused: bool = False
+    model: str | None = None
+    usage: dict[str, Any] = Field(default_factory=dict)
+    rationale: str | None = None
+
+
+@event_type("decision.rejected")
+class DecisionRejected(EventData):
+    planner: str
+    action: str | None
+    args: dict[str, Any] = Field(default_factory=dict)
+    reason: str
+
+
+@event_type("decision.failed")
+class DecisionFailed(EventData):
+    rule: str | None
+    action: str | None
+    reason: str
+
+
+class ActionData(EventData):
+    action_id: int
+    action: str
+    summary: str
+    message: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+for _name in ("planned", "started", "succeeded", "failed", "interrupted", "verified", "ineffective"):
+    event_type(f"action.{_name}")(type(f"Action{_name.title()}", (ActionData,), {}))
+
+
+@event_type("halt.requested")
+class HaltRequested(EventData):
+    halt_id: int
+    action: str
+    summary: str
+    options: list[str]
+    default: str
+    expires_at: str
+
+
+@event_type("halt.answered")
+class HaltAnswered(EventData):
+    halt_id: int
+    option: str
+    by: str
+    note: str | None = None
+
+
+@event_type("halt.expired")
+class HaltExpired(EventData):
+    halt_id: int
+    default: str
+
+
+@event_type("halt.reminded")
+class HaltReminded(EventData):
+    halt_id: int
+    expires_at: str
+
+
+@event_type("halt.cancelled")
+class HaltCancelled(EventData):
+    halt_id: int
+    reason: str
+
+
+@event_type("halt.replanned")
+class HaltReplanned(EventData):
+    halt_id: int
+    new_halt_id: int | None
+    reason: str
+
+
+@event_type("notification.sent")
+class NotificationSent(EventData):
+    notification_id: int
+    channel: str
+    title: str
+    attempts: int
+    halt_id: int | None = None
+
+
+@event_type("notification.failed")
+class NotificationFailed(EventData):
+    notification_id: int
+    attempt: int
+    error: str
+    next_attempt_at: str | None
+    gave_up: bool = False
+
+
+@event_type("notification.suppressed")
+class NotificationSuppressed(EventData):
+    title: str
+    reason: str
+
+
+@event_type("autonomy.changed")
+class AutonomyChanged(EventData):
+    old: str
+    new: str
+    by: str
+
+
+@event_type("agent.paused")
+class AgentPaused(EventData):
+    by: str
+
+
+@event_type("agent.resumed")
+class AgentResumed(EventData):
+    by: str
+
+
+@event_type("policy.reloaded")
+class PolicyReloaded(EventData):
+    version: str
+    files: list[str]
+    rules: int
+
+
+@event_type("policy.rejected")
+class PolicyRejected(EventData):
+    issues: list[str]
+    kept_version: str

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from . import core, events, pulse
+from . import core, events, loop, pulse
 from ._common import state
 
 app = typer.Typer(name="fazt-agent", no_args_is_help=True, add_completion=False,
@@ -19,6 +19,9 @@ def _global(config: Path = typer.Option(None, "--config", "-c", envvar=None, dir
                                         help="config.toml to use (else $FAZT_AGENT_CONFIG, ./config.toml, "
                                              "/etc/fazt-agent/config.toml, embedded defaults).")) -> None:
     state.config_path = config
+    from .. import logs
+
+    logs.setup("warning")  # `run` sets its own level and format from the config
 
 
 app.command("init")(core.init)
@@ -29,6 +32,15 @@ app.command("status")(core.status)
 app.command("systemd-unit")(core.systemd_unit)
 app.add_typer(events.app, name="events")
 app.add_typer(pulse.app, name="pulse")
+app.add_typer(loop.policy_app, name="policy")
+app.command("autonomy")(loop.autonomy)
+app.command("pause")(loop.pause)
+app.command("resume")(loop.resume)
+app.add_typer(loop.incidents_app, name="incidents")
+app.add_typer(loop.actions_app, name="actions")
+app.add_typer(loop.halts_app, name="halts")
+app.command("approve")(loop.approve)
+app.command("deny")(loop.deny)
 
 
 def hoist_config(argv: list[str]) -> list[str]:

@@ -40,12 +40,15 @@ def fail(message: str, hint: str | None = None, code: int = EXIT_PROBLEM) -> NoR
 
 def load() -> Any:
     """The configuration, or exit 2 with `FILE:KEY` lines."""
+    from .. import logs
     from ..config import load_config
 
     try:
-        return load_config(state.config_path)
+        config = load_config(state.config_path)
     except ConfigError as e:
         report_config_error(e)
+    logs.add_secrets(config.secrets)
+    return config
 
 
 def report_config_error(e: ConfigError) -> NoReturn:

@@ -56,17 +56,23 @@ def run_daemon(log_format: str = typer.Option(None, "--log-format", help="text o
 
     config = load()
     logs.setup(log_level or config.file.log.level, log_format or config.file.log.format)
-    logs.add_secrets(config.secrets)
     code = run(lambda: Daemon(config).run())
     raise typer.Exit(code)
 
 
 def beat(as_json: bool = typer.Option(False, "--json", help="Print the beat as JSON.")) -> None:
-    """Run every check once now, store the beat, print it, exit (1 when something is not ok)."""
+    """Run one turn of the loop now: every check, then incidents and decisions (as the daemon
+    would), print the results; exit 1 when something is not ok."""
 
     async def body() -> Any:
+        from ..engine import Engine
+
         async with runtime() as rt:
-            return await rt.pulse.beat(everything=True)
+            engine = Engine(rt)
+            result = await rt.pulse.beat(everything=True)
+            await engine.on_beat(result)
+            await engine.sweep()
+            return result
 
     result = run(body)
     if as_json:

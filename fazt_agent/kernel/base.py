@@ -56,7 +56,7 @@ class Outcome:
 
 class Notifier(Protocol):
     async def notify(self, title: str, body: str, *, severity: str = "info",
-                     halt_id: int | None = None, incident_id: int | None = None) -> None:
+                     halt_id: int | None = None, incident_id: int | None = None) -> object:
         ...
 
 

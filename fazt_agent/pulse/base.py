@@ -56,6 +56,7 @@ class CheckConfig(BaseModel):
     interval: Duration | None = None   # default: [pulse] interval
     timeout: Duration | None = None    # default: [pulse] timeout
     enabled: bool = True
+    service: str | None = None         # the unit serving what this check watches (for restarts)
 
 
 def threshold_pair(warning: str, critical: str) -> Any:

@@ -58,7 +58,9 @@ async def run_check(check: Check, ctx: CheckContext, default_timeout: float) -> 
         log.warning("check %r failed: %s: %s", check.name, type(e).__name__, e)
         results = [check.result("", "unknown", f"check failed: {type(e).__name__}: {e}")]
     elapsed = (time.perf_counter() - start) * 1000
-    return [replace(r, duration_ms=elapsed) for r in results]
+    service = check.config.service
+    return [replace(r, duration_ms=elapsed, details={**r.details, "service": service} if service else r.details)
+            for r in results]
 
 
 async def run_checks(checks: list[Check], ctx: CheckContext, default_timeout: float) -> list[CheckResult]:

@@ -1,0 +1,385 @@
+"""Commands of the autonomy loop: policy, autonomy, pause/resume, incidents, actions, halts."""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+import typer
+
+from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, load, print_json, run, runtime, styled
+
+policy_app = typer.Typer(help="Check, explain and simulate the autonomy policy.", no_args_is_help=True)
+incidents_app = typer.Typer(help="Problems the agent has seen.", no_args_is_help=True)
+actions_app = typer.Typer(help="Kernel actions: list, plan, run (through the policy gate).", no_args_is_help=True)
+halts_app = typer.Typer(help="Approval requests waiting for the owner.", no_args_is_help=True)
+
+
+@asynccontextmanager
+async def engine() -> AsyncIterator[Any]:
+    from ..engine import Engine
+
+    async with runtime() as rt:
+        yield Engine(rt)
+
+
+def _args(pairs: list[str]) -> dict[str, Any]:
+    """`--arg K=V` pairs; V is parsed as JSON when it can be (numbers, lists), else a string."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"expected --arg KEY=VALUE, got {pair!r}", code=EXIT_USAGE)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+# -- policy ---------------------------------------------------------------------------------
+
+@policy_app.command("check")
+def policy_check() -> None:
+    """Validate the policy files (and the kernel settings they rely on); FILE:KEY errors, exit 2."""
+    from ..kernel import ACTIONS
+    from ..policy.model import load_policy
+
+    config = load()
+    policy, issues = load_policy(config.folders["policies"], set(ACTIONS))
+    if issues:
+        for issue in issues:
+            typer.secho(str(issue), err=True, fg="red")
+        raise typer.Exit(EXIT_USAGE)
+    typer.echo(f"policy {policy.version}: ok, {len(policy.rules)} rules in {len(policy.files)} files")
+
+
+@policy_app.command("explain")
+def policy_explain(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """What each rule does at each autonomy level, for safe, destructive and costly plans."""
+    from ..policy.explain import explain
+
+    async def body() -> list[dict[str, Any]]:
+        async with runtime() as rt:
+            return explain(rt.definitions.policy)
+
+    rows = run(body)
+    if as_json:
+        print_json(rows)
+        return
+    out = console()
+    for row in rows:
+        out.print(f"[bold]{row['rule']}[/]: {row['description']}")
+        out.print(f"  when   {row['match']}")
+        out.print(f"  action {row['action']} {json.dumps(row['args'])}")
+        for level in ("low", "medium", "high"):
+            cells = ", ".join(f"{risk} plan → {verdict}" for risk, verdict in row["levels"][level].items())
+            out.print(f"  {level:6} {cells}")
+        out.print(f"  limits {row['limits']}")
+    out.print("anything no rule matches → notify")
+
+
+@policy_app.command("simulate")
+def policy_simulate(incident_file: Path = typer.Option(..., "--incident", exists=True, dir_okay=False,
+                                                       help="A JSON incident: check, kind, target, severity, message, metrics, details."),
+                    autonomy: Optional[str] = typer.Option(None, "--autonomy", help="low, medium or high (default: the current level)."),
+                    as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Show the plan and verdict for an incident, changing nothing."""
+    from ..policy.explain import incident_from_json
+
+    if autonomy is not None and autonomy not in ("low", "medium", "high"):
+        fail(f"unknown autonomy level {autonomy!r} (accepted: low, medium, high)", code=EXIT_USAGE)
+    try:
+        incident = incident_from_json(json.loads(incident_file.read_text()))
+    except (ValueError, TypeError) as e:
+        fail(f"{incident_file}: {e}", code=EXIT_USAGE)
+
+    async def body() -> dict[str, Any]:
+        from ..decide.rules import rules_planner
+
+        async with engine() as e:
+            level = autonomy or await e.rt.autonomy()
+            proposal = rules_planner(e.policy, incident)
+            result: dict[str, Any] = {"autonomy": level, "rule": proposal.rule.name if proposal.rule else None,
+                                      "action": proposal.action, "args": proposal.args}
+            if proposal.action is None:
+                return {**result, "verdict": "notify", "reason": proposal.reason, "plan": None}
+            ev = await e.evaluate(proposal, None, level)
+            if ev.rejected or ev.failed:
+                return {**result, "verdict": "notify", "reason": ev.rejected or ev.failed, "plan": None}
+            return {**result, "verdict": ev.judgement.verdict, "reason": ev.judgement.reason,
+                    "plan": ev.plan.to_json()}
+
+    result = run(body)
+    if as_json:
+        print_json(result)
+        return
+    out = console()
+    out.print(f"rule     {result['rule'] or '(none)'}")
+    out.print(f"action   {result['action'] or '(notify only)'} {json.dumps(result['args']) if result['args'] else ''}")
+    if result["plan"]:
+        out.print(f"plan     {result['plan']['summary']} (risk {result['plan']['risk']})")
+    out.print(f"verdict  [bold]{result['verdict']}[/] at {result['autonomy']} autonomy: {result['reason']}")
+
+
+# -- autonomy, pause, resume ------------------------------------------------------------------
+
+def autonomy(level: Optional[str] = typer.Argument(None, help="low, medium or high; omit to show the current level.")) -> None:
+    """Show or set the autonomy level (persisted and recorded as an event)."""
+    if level is not None and level not in ("low", "medium", "high"):
+        fail(f"unknown autonomy level {level!r} (accepted: low, medium, high)", code=EXIT_USAGE)
+
+    async def body() -> tuple[str, str | None]:
+        async with engine() as e:
+            if level is None:
+                return await e.rt.autonomy(), None
+            return level, await e.set_autonomy(level, by="cli")
+
+    current, old = run(body)
+    if old is None:
+        typer.echo(current)
+    elif old == current:
+        typer.echo(f"autonomy is already {current}")
+    else:
+        typer.echo(f"autonomy: {old} → {current}")
+
+
+def pause() -> None:
+    """Observe and record only: no actions, approvals or notifications until `resume`."""
+
+    async def body() -> bool:
+        async with engine() as e:
+            return await e.set_paused(True, by="cli")
+
+    typer.echo("paused: observing and recording only" if run(body) else "already paused")
+
+
+def resume() -> None:
+    """End a pause: incidents decided while paused get a fresh decision on the next beat."""
+
+    async def body() -> bool:
+        async with engine() as e:
+            return await e.set_paused(False, by="cli")
+
+    typer.echo("resumed" if run(body) else "not paused")
+
+
+# -- incidents ------------------------------------------------------------------------------
+
+@incidents_app.command("list")
+def incidents_list(all_: bool = typer.Option(False, "--all", help="Include resolved incidents."),
+                   limit: int = typer.Option(50, "--limit", min=1),
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Open incidents (or all with --all), newest first."""
+
+    async def body() -> list[Any]:
+        async with engine() as e:
+            return await e.incidents.list(status=None if all_ else "open", limit=limit)
+
+    items = run(body)
+    if as_json:
+        print_json([i.to_json() for i in items])
+        return
+    if not items:
+        typer.echo("no open incidents" if not all_ else "no incidents")
+        return
+    from rich.table import Table
+
+    table = Table("id", "status", "severity", "check", "target", "since", "verdict", "message", box=None, pad_edge=False)
+    for i in items:
+        table.add_row(str(i.id), i.status, styled(i.severity), i.check, i.target, f"{i.opened_at:%Y-%m-%d %H:%M}",
+                      i.last_verdict or "", i.message)
+    console().print(table)
+
+
+@incidents_app.command("show")
+def incidents_show(incident_id: int = typer.Argument(...),
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """One incident with its events (decisions, actions, halts)."""
+
+    async def body() -> tuple[Any, list[Any]]:
+        async with engine() as e:
+            incident = await e.incidents.get(incident_id)
+            events = await e.rt.events.list(incident_id=incident_id, limit=200, newest_first=False)
+            return incident, events
+
+    incident, events = run(body)
+    if incident is None:
+        fail(f"no incident {incident_id}", hint="see `fazt-agent incidents list --all`")
+    if as_json:
+        print_json({**incident.to_json(), "events": [e.to_json() for e in events]})
+        return
+    out = console()
+    out.print(f"incident {incident.id}: {styled(incident.severity)} {incident.check} {incident.target} ({incident.status})")
+    out.print(f"  {incident.message}")
+    out.print(f"  opened {incident.opened_at:%Y-%m-%d %H:%M:%S}, {incident.beats} beats, peak {incident.peak_severity}")
+    for e in events:
+        detail = e.data.get("reason") or e.data.get("summary") or e.data.get("message") or ""
+        verdict = f" {e.data['verdict']}" if "verdict" in e.data else ""
+        out.print(f"  {e.ts:%H:%M:%S} {e.type}{verdict}: {detail}")
+
+
+# -- actions --------------------------------------------------------------------------------
+
+@actions_app.command("list")
+def actions_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The actions the agent knows, with their argument schemas."""
+    from ..kernel import ACTIONS
+
+    rows = [{"name": name, "description": cls.description, "timeout_s": cls.timeout,
+             "args": cls.Args.model_json_schema()} for name, cls in sorted(ACTIONS.items())]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        props = row["args"].get("properties", {})
+        typer.echo(f"{row['name']:16} {row['description']}")
+        typer.echo(f"{'':16} args: {', '.join(props) or '(none)'}")
+
+
+@actions_app.command("plan")
+def actions_plan(name: str = typer.Argument(...), arg: list[str] = typer.Option([], "--arg", help="KEY=VALUE"),
+                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Plan an action and show the plan and the verdict it would get; changes nothing."""
+    from ..decide.rules import Proposal
+
+    args = _args(arg)
+
+    async def body() -> Any:
+        async with engine() as e:
+            return await e.evaluate(Proposal(name, args, None, "manual"), None, await e.rt.autonomy())
+
+    ev = run(body)
+    if ev.rejected or ev.failed:
+        fail(ev.rejected or ev.failed)
+    if as_json:
+        print_json({"plan": ev.plan.to_json(), "verdict": ev.judgement.verdict, "reason": ev.judgement.reason})
+        return
+    out = console()
+    out.print(f"plan: {ev.plan.summary} (risk {ev.plan.risk}, {'reversible' if ev.plan.reversible else 'not reversible'})")
+    for step in ev.plan.steps[:50]:
+        out.print(f"  - {step}")
+    if len(ev.plan.steps) > 50:
+        out.print(f"  ... and {len(ev.plan.steps) - 50} more")
+    out.print(f"verdict: [bold]{ev.judgement.verdict}[/] ({ev.judgement.reason})")
+
+
+@actions_app.command("run")
+def actions_run(name: str = typer.Argument(...), arg: list[str] = typer.Option([], "--arg", help="KEY=VALUE"),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Propose an action through the policy gate: it runs, opens a halt, or is refused."""
+    from ..decide.rules import Proposal
+
+    args = _args(arg)
+
+    async def body() -> Any:
+        async with engine() as e:
+            return await e.gate(Proposal(name, args, None, "manual", "requested on the command line"),
+                                incident=None, trigger="manual", requested_by="cli")
+
+    d = run(body)
+    if as_json:
+        print_json(d.to_json())
+    elif d.verdict == "act":
+        ok = d.outcome and d.outcome["ok"]
+        typer.echo(f"{'done' if ok else 'FAILED'}: {d.plan['summary']}: {d.outcome['message'] if d.outcome else ''}")
+    elif d.verdict == "ask":
+        typer.echo(f"the policy asks for approval ({d.reason}): halt {d.halt_id}\n"
+                   f"approve with: fazt-agent approve {d.halt_id}")
+    else:
+        typer.echo(f"not run: {d.verdict}: {d.reason}")
+    ok = d.verdict == "ask" or (d.verdict == "act" and d.outcome and d.outcome["ok"])
+    raise typer.Exit(0 if ok else EXIT_PROBLEM)
+
+
+# -- halts ----------------------------------------------------------------------------------
+
+@halts_app.command("list")
+def halts_list(all_: bool = typer.Option(False, "--all", help="Include answered and expired halts."),
+               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Pending approval requests (or all with --all)."""
+
+    async def body() -> list[Any]:
+        async with engine() as e:
+            await e.executor.sweep_halts()
+            return await e.executor.halts.list(status=None if all_ else "pending")
+
+    halts = run(body)
+    if as_json:
+        print_json([h.to_json() for h in halts])
+        return
+    if not halts:
+        typer.echo("no pending halts" if not all_ else "no halts")
+        return
+    for h in halts:
+        answer = f" → {h.answer} by {h.answered_by}" if h.answer else ""
+        typer.echo(f"{h.id:>5} {h.status:9} {h.plan.summary} (expires {h.expires_at:%Y-%m-%d %H:%M}){answer}")
+
+
+@halts_app.command("show")
+def halts_show(halt_id: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """One halt: the problem, the exact plan, the options and how to answer."""
+
+    async def body() -> Any:
+        async with engine() as e:
+            await e.executor.sweep_halts()
+            return await e.executor.halts.get(halt_id)
+
+    halt = run(body)
+    if halt is None:
+        fail(f"no halt {halt_id}", hint="see `fazt-agent halts list --all`")
+    if as_json:
+        print_json(halt.to_json())
+        return
+    typer.echo(f"halt {halt.id} ({halt.status}{', ' + str(halt.answer) if halt.answer else ''})\n{halt.title}\n\n{halt.body}")
+    if len(halt.plan.steps) > 15:
+        typer.echo("\nall steps:")
+        for step in halt.plan.steps:
+            typer.echo(f"  - {step}")
+
+
+def _answer(halt_id: int, option: str, note: str | None, as_json: bool) -> None:
+    from ..halt.store import HaltError
+
+    async def body() -> dict[str, Any]:
+        async with engine() as e:
+            await e.executor.sweep_halts()
+            return await e.executor.answer(halt_id, option, by="cli", note=note)
+
+    try:
+        result = run(body)
+    except HaltError as e:  # raised inside run() only if not a FaztAgentError subclass
+        fail(str(e))
+    if as_json:
+        print_json(result)
+    elif result.get("replanned"):
+        typer.echo(f"halt {halt_id}: {option}; the plan changed ({result['message']}), "
+                   f"so I ask again: halt {result['new_halt_id']}")
+    elif result.get("executed"):
+        typer.echo(f"halt {halt_id}: {option}; {'done' if result['ok'] else 'FAILED'}: {result['message']}")
+    else:
+        typer.echo(f"halt {halt_id}: {option}" + (f"; {result['message']}" if result.get("message") else ""))
+    if result.get("executed") and not result.get("ok"):
+        raise typer.Exit(EXIT_PROBLEM)
+
+
+@halts_app.command("answer")
+def halts_answer(halt_id: int = typer.Argument(...), option: str = typer.Argument(..., help="One of the halt's options."),
+                 note: Optional[str] = typer.Option(None, "--note", help="Why (kept in the audit trail)."),
+                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Answer a halt with one of its options (exactly once)."""
+    _answer(halt_id, option, note, as_json)
+
+
+def approve(halt_id: int = typer.Argument(...), note: Optional[str] = typer.Option(None, "--note"),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Approve a halt: its plan is re-checked and run."""
+    _answer(halt_id, "approve", note, as_json)
+
+
+def deny(halt_id: int = typer.Argument(...), note: Optional[str] = typer.Option(None, "--note"),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Deny a halt: nothing runs."""
+    _answer(halt_id, "deny", note, as_json)

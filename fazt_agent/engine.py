@@ -1,0 +1,270 @@
+"""The autonomy loop: beat -> incidents -> planner -> policy gate -> act | ask | notify | deny.
+
+Every proposal, whoever made it (a rule, the LLM, the owner on the CLI), passes `Engine.gate`:
+arguments are validated against the action's schema and the policy's constraints, the action
+plans, and the pure `policy.judge` decides. Every step is an event.
+
+Decisions happen on incident transitions only (opened, worsened, an action that did not help,
+a held-back action whose wait is over, a restart after a crash), never on every beat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Callable, Coroutine
+
+from pydantic import ValidationError
+
+from .decide.rules import Proposal, rules_planner
+from .errors import ActionError
+from .definitions import toml_files
+from .event_types import DecisionFailed, DecisionMade, DecisionRejected, PolicyRejected, PolicyReloaded
+from .executor import Executor
+from .incidents import Incident, IncidentStore, transitions
+from .kernel import ACTIONS
+from .kernel.base import Plan
+from .kernel.settings import load_kernel
+from .policy.evaluate import Judgement, judge
+from .policy.model import Policy, Rule, load_policy
+from .pulse.runner import BeatResult
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+PAUSED_KEY = "agent.paused"
+Spawn = Callable[[str, Coroutine[Any, Any, None]], None]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The gate's judgement before anything happens: a plan and verdict, or why there is none."""
+
+    plan: Plan | None = None
+    judgement: Judgement | None = None
+    rejected: str | None = None   # the proposal breaks the schema or the constraints
+    failed: str | None = None     # the action could not plan
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the gate decided about one proposal, and what followed."""
+
+    verdict: str
+    reason: str
+    plan: dict[str, Any] | None = None
+    halt_id: int | None = None
+    action_id: int | None = None
+    outcome: dict[str, Any] | None = None
+    paused: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reason": self.reason, "plan": self.plan, "halt_id": self.halt_id,
+                "action_id": self.action_id, "outcome": self.outcome, "paused": self.paused}
+
+
+class Engine:
+    def __init__(self, rt: Runtime, *, spawn: Spawn | None = None):
+        self.rt = rt
+        self.clock = rt.clock
+        self.incidents = IncidentStore(rt.store, rt.events, rt.clock)
+        self.executor = Executor(rt)
+        self.spawn = spawn
+        self._loaded = self._fingerprint()
+
+    @property
+    def policy(self) -> Policy:
+        return self.rt.definitions.policy
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def on_beat(self, beat: BeatResult) -> None:
+        """Record incident transitions and decide on the ones that need a decision."""
+        now = self.clock.now()
+        changes = await self.incidents.apply(transitions(await self.incidents.open_incidents(), beat.results))
+        paused = await self.paused()
+        for t, incident in changes:
+            if t.change == "resolved":
+                await self.executor.on_resolved(incident)
+                continue
+            trigger = self._trigger(t.change, incident, now, paused)
+            if trigger == "action_ineffective":
+                await self.executor.ineffective(incident)
+            if trigger is not None:
+                await self.decide(incident, trigger)
+
+    def _trigger(self, change: str, incident: Incident, now: datetime, paused: bool) -> str | None:
+        if change == "opened":
+            return "opened"
+        if change == "worsened":
+            return "worsened"
+        if incident.verify_by is not None and now >= incident.verify_by:
+            return "action_ineffective"
+        if incident.last_verdict == "paused" and not paused:
+            return "resumed"
+        if incident.retry_at is not None and now >= incident.retry_at:
+            return "retry"
+        return None
+
+    async def decide(self, incident: Incident, trigger: str) -> Decision:
+        """Ask the planner for a proposal on `incident` and put it through the gate."""
+        proposal = rules_planner(self.policy, incident)
+        if proposal.error is not None or proposal.action is None:
+            return await self.notify_only(incident, trigger, proposal.reason, rule=proposal.rule)
+        return await self.gate(proposal, incident=incident, trigger=trigger)
+
+    async def evaluate(self, proposal: Proposal, incident: Incident | None, autonomy: str) -> Evaluation:
+        """Validate, plan and judge a proposal without side effects (also `policy simulate`)."""
+        assert proposal.action is not None
+        action = self.executor.action(proposal.action)
+        if action is None:
+            return Evaluation(rejected=f"unknown action {proposal.action!r}")
+        ctx = self.executor.context(proposal.action)
+        try:
+            args = action.validate(proposal.args, ctx)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'args'}: {err['msg']}" for err in e.errors())
+            return Evaluation(rejected=f"arguments refused: {problems}")
+        except ActionError as e:
+            return Evaluation(rejected=f"arguments refused: {e}")
+        try:
+            plan = await asyncio.wait_for(action.plan(args, ctx), timeout=min(action.timeout, 120))
+        except (ActionError, OSError, asyncio.TimeoutError) as e:
+            return Evaluation(failed=f"could not plan {proposal.action}: {e or 'timed out'}")
+        history = await self.executor.history(proposal.rule, incident)
+        j = judge(proposal.rule, plan, autonomy, history, self.clock.now(),  # type: ignore[arg-type]
+                  self.policy.schedule, self.policy.defaults)
+        return Evaluation(plan=plan, judgement=j)
+
+    async def gate(self, proposal: Proposal, *, incident: Incident | None, trigger: str,
+                   requested_by: str = "agent") -> Decision:
+        """Validate, plan and judge one proposal; then act, ask, notify or deny."""
+        autonomy = await self.rt.autonomy()
+        paused = await self.paused()
+        ev = await self.evaluate(proposal, incident, autonomy)
+        if ev.rejected is not None:
+            return await self._reject(proposal, incident, trigger, ev.rejected)
+        if ev.failed is not None:
+            await self.rt.events.emit("decision.failed", DecisionFailed(
+                rule=proposal.rule.name if proposal.rule else None, action=proposal.action, reason=ev.failed),
+                source=proposal.planner, incident_id=incident.id if incident else None)
+            if incident is not None:
+                return await self.notify_only(incident, trigger, ev.failed, rule=proposal.rule, record=False)
+            return Decision("deny", ev.failed)
+        assert ev.plan is not None and ev.judgement is not None
+        plan, j = ev.plan, ev.judgement
+        await self._record(trigger, proposal, incident, j, autonomy, plan.to_json(), paused)
+        if paused:
+            if incident is not None:
+                await self.incidents.mark_decided(incident.id, "paused")
+            return Decision(j.verdict, f"{j.reason} (agent paused: recorded only)", plan.to_json(), paused=True)
+        decision = await self.executor.dispatch(j, plan, proposal.rule, incident, requested_by, self.spawn)
+        if incident is not None:
+            await self.incidents.mark_decided(incident.id, j.verdict, retry_at=j.retry_at)
+        return decision
+
+    async def notify_only(self, incident: Incident, trigger: str, reason: str, *, rule: Rule | None = None,
+                          record: bool = True) -> Decision:
+        """No action to propose (or none possible): tell the owner, once per transition."""
+        paused = await self.paused()
+        if record:
+            autonomy = await self.rt.autonomy()
+            j = Judgement("notify", reason)
+            await self._record(trigger, Proposal(None, {}, rule, "rules", reason), incident, j, autonomy, None, paused)
+        if paused:
+            await self.incidents.mark_decided(incident.id, "paused")
+            return Decision("notify", f"{reason} (agent paused: recorded only)", paused=True)
+        await self.executor.tell(incident, reason)
+        await self.incidents.mark_decided(incident.id, "notify")
+        return Decision("notify", reason)
+
+    async def _record(self, trigger: str, proposal: Proposal, incident: Incident | None, j: Judgement,
+                      autonomy: str, plan: dict[str, Any] | None, paused: bool) -> None:
+        await self.rt.events.emit("decision.made", DecisionMade(
+            trigger=trigger, planner=proposal.planner, autonomy=autonomy, verdict=j.verdict, reason=j.reason,
+            policy_version=self.policy.version, rule=proposal.rule.name if proposal.rule else None,
+            action=proposal.action, args=proposal.args, plan=plan, paused=paused,
+            rationale=proposal.reason or None), source="engine", incident_id=incident.id if incident else None)
+
+    async def _reject(self, proposal: Proposal, incident: Incident | None, trigger: str, reason: str) -> Decision:
+        await self.rt.events.emit("decision.rejected", DecisionRejected(
+            planner=proposal.planner, action=proposal.action, args=proposal.args, reason=reason),
+            source="engine", incident_id=incident.id if incident else None)
+        if incident is not None and proposal.planner == "rules":
+            return await self.notify_only(incident, trigger, reason, rule=proposal.rule)
+        return Decision("deny", reason)
+
+    # -- owner controls ------------------------------------------------------------------
+
+    async def paused(self) -> bool:
+        return await self.rt.store.get_setting(PAUSED_KEY) == "1"
+
+    async def set_paused(self, paused: bool, *, by: str) -> bool:
+        """Pause (observe and record only) or resume. Returns False when nothing changed."""
+        if await self.paused() == paused:
+            return False
+        await self.rt.store.set_setting(PAUSED_KEY, "1" if paused else "0")
+        await self.rt.events.emit("agent.paused" if paused else "agent.resumed", {"by": by}, source=by)
+        return True
+
+    async def set_autonomy(self, level: str, *, by: str) -> str:
+        """Persist a new autonomy level and record the change. Returns the old level."""
+        from .runtime import AUTONOMY_KEY
+
+        old = await self.rt.autonomy()
+        if old != level:
+            await self.rt.store.set_setting(AUTONOMY_KEY, level)
+            await self.rt.events.emit("autonomy.changed", {"old": old, "new": level, "by": by}, source=by)
+        return old
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def _fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        files = [p for name in ("policies", "kernel") for p in toml_files(self.rt.config.folders[name])]
+        out = []
+        for p in files:
+            try:
+                st = p.stat()
+                out.append((str(p), st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((str(p), -1, -1))
+        return tuple(out)
+
+    async def reload_policy(self) -> bool:
+        """Reload policies/ and kernel/ when they changed; a broken edit keeps the last good set.
+
+        Returns True when a new policy is in force.
+        """
+        fingerprint = self._fingerprint()
+        if fingerprint == self._loaded:
+            return False
+        self._loaded = fingerprint
+        policy, issues = load_policy(self.rt.config.folders["policies"], set(ACTIONS))
+        kernel, kernel_issues = load_kernel(self.rt.config.folders["kernel"])
+        issues += kernel_issues
+        if issues:
+            await self.rt.events.emit("policy.rejected", PolicyRejected(
+                issues=[str(i) for i in issues], kept_version=self.policy.version), source="policy")
+            await self.executor.notifications.notify(
+                f"[{self.executor.host}] policy edit refused",
+                "The edited policy has errors; the last good policy stays in force.\n"
+                + "\n".join(str(i) for i in issues), severity="warning")
+            return False
+        self.rt.definitions = replace(self.rt.definitions, policy=policy, kernel=kernel)
+        await self.rt.events.emit("policy.reloaded", PolicyReloaded(
+            version=policy.version, files=list(policy.files), rules=len(policy.rules)), source="policy")
+        return True
+
+    async def sweep(self) -> None:
+        """Expire and remind halts, retry notifications (the daemon runs this every few seconds)."""
+        await self.executor.sweep_halts()
+        await self.executor.notifications.deliver_due(self.clock.now())
+
+    async def reconcile(self) -> None:
+        """After a crash: actions left running are interrupted; their incidents get a fresh verdict."""
+        for incident_id in await self.executor.interrupt_running():
+            incident = await self.incidents.get(incident_id) if incident_id else None
+            if incident is not None and incident.status == "open":
+                await self.decide(incident, "interrupted")
+

@@ -1,0 +1,276 @@
+"""Halts — approval requests — persisted in SQLite, answered exactly once.
+
+Every state change is a conditional UPDATE whose row count decides who won, so an answer from
+the CLI, the web and an expiry sweep racing each other (even from different processes) lets
+exactly one through; the losers get a `HaltError` that says what happened instead.
+
+    status:     pending ──answer──▶ answered
+                   ├─────expiry───▶ expired (answer = the default, by "timeout")
+                   └─────cancel───▶ cancelled
+    execution:  NULL ──claim──▶ claimed ──finish──▶ done | replanned
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, Sequence
+
+from ..clock import Clock, iso, parse_iso
+from ..errors import FaztAgentError
+from ..event_types import HaltAnswered, HaltExpired, HaltReminded, HaltRequested
+from ..events import EventLog
+from ..kernel.base import Plan
+from ..store import Store
+
+Status = Literal["pending", "answered", "expired", "cancelled"]
+Execution = Literal["claimed", "done", "replanned"]
+OPTION = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+MAX_OPTIONS = 10
+MIN_REMIND_BEFORE = 60.0
+
+
+class HaltError(FaztAgentError):
+    """A halt cannot be created, answered or changed as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Halt:
+    id: int
+    incident_id: int | None
+    rule: str | None
+    title: str
+    body: str
+    plan: Plan
+    options: list[str]
+    default_option: str
+    status: Status
+    answer: str | None
+    answered_by: str | None
+    note: str | None
+    created_at: datetime
+    expires_at: datetime
+    remind_at: datetime | None
+    reminded_at: datetime | None
+    answered_at: datetime | None
+    execution: Execution | None
+    action_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        def ts(value: datetime | None) -> str | None:
+            return iso(value) if value else None
+
+        return {"id": self.id, "incident_id": self.incident_id, "rule": self.rule, "title": self.title,
+                "body": self.body, "plan": self.plan.to_json(), "options": self.options,
+                "default_option": self.default_option, "status": self.status, "answer": self.answer,
+                "answered_by": self.answered_by, "note": self.note, "created_at": iso(self.created_at),
+                "expires_at": iso(self.expires_at), "remind_at": ts(self.remind_at),
+                "reminded_at": ts(self.reminded_at), "answered_at": ts(self.answered_at),
+                "execution": self.execution, "action_id": self.action_id}
+
+
+class HaltStore:
+    """Create, answer, expire, remind and claim halts in one store."""
+
+    def __init__(self, store: Store, events: EventLog, clock: Clock):
+        self.store = store
+        self.events = events
+        self.clock = clock
+
+    async def create(self, *, plan: Plan, title: str, body: str, options: Sequence[str] = ("approve", "deny"),
+                     default: str = "deny", expires_in: float = 86400, remind_before: float | None = None,
+                     incident_id: int | None = None, rule: str | None = None) -> Halt:
+        """Persist a pending halt and emit `halt.requested`.
+
+        The reminder falls `remind_before` seconds before expiry (default: 20 % of `expires_in`,
+        at least 60 s); none when that would be before now.
+
+        Raises:
+            HaltError: bad options (empty, repeated, more than 10, not like `approve` or
+                `keep-7d`), a default that is not an option, or `expires_in` <= 0.
+        """
+        options = list(options)
+        if not options or len(options) > MAX_OPTIONS:
+            raise HaltError(f"a halt needs 1 to {MAX_OPTIONS} options, got {len(options)}: {options!r}")
+        if len(set(options)) != len(options):
+            raise HaltError(f"halt options must be unique, got {options!r}")
+        bad = [o for o in options if not OPTION.match(o)]
+        if bad:
+            raise HaltError(f"bad halt option(s) {bad!r}: use lowercase letters, digits, '-' and '_', "
+                            "at most 32 characters, starting with a letter or digit (e.g. 'approve')")
+        if default not in options:
+            raise HaltError(f"the default {default!r} is not one of the options {options!r}")
+        if not expires_in > 0:
+            raise HaltError(f"expires_in must be positive seconds, got {expires_in!r}")
+        now = self.clock.now()
+        expires_at = now + timedelta(seconds=expires_in)
+        before = remind_before if remind_before is not None else max(0.2 * expires_in, MIN_REMIND_BEFORE)
+        remind_at = expires_at - timedelta(seconds=before)
+        remind = iso(remind_at) if now < remind_at < expires_at else None
+        async with self.store.transaction() as db:
+            cur = await db.execute(
+                "INSERT INTO halts(incident_id, rule, title, body, plan, options, default_option, status,"
+                " created_at, expires_at, remind_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (incident_id, rule, title, body, json.dumps(plan.to_json()), json.dumps(options), default,
+                 iso(now), iso(expires_at), remind))
+            halt_id = cur.lastrowid
+        assert halt_id is not None
+        await self.events.emit("halt.requested", HaltRequested(
+            halt_id=halt_id, action=plan.action, summary=plan.summary, options=options, default=default,
+            expires_at=iso(expires_at)), source="halts", incident_id=incident_id)
+        return await self._must_get(halt_id)
+
+    async def get(self, halt_id: int) -> Halt | None:
+        row = await self.store.fetchone("SELECT * FROM halts WHERE id = ?", (halt_id,))
+        return _from_row(row) if row else None
+
+    async def list(self, status: Status | None = None, limit: int = 100) -> builtins.list[Halt]:
+        """Halts, newest first, optionally only those with `status`."""
+        where, params = ("WHERE status = ?", [status]) if status else ("", [])
+        rows = await self.store.fetchall(f"SELECT * FROM halts {where} ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [_from_row(r) for r in rows]
+
+    async def answer(self, halt_id: int, option: str, *, by: str, note: str | None = None) -> Halt:
+        """Answer a pending halt; only the first answer counts. Emits `halt.answered`.
+
+        Raises:
+            HaltError: no such halt, `option` is not one of its options, or it was already
+                answered, expired or cancelled (the message says with what, by whom, when).
+        """
+        halt = await self.get(halt_id)
+        if halt is None:
+            raise HaltError(f"there is no halt #{halt_id}")
+        if option not in halt.options:
+            raise HaltError(f"{option!r} is not an option of halt #{halt_id}; "
+                            f"answer one of: {', '.join(halt.options)}")
+        now = iso(self.clock.now())
+        changed = await self.store.execute(
+            "UPDATE halts SET status = 'answered', answer = ?, answered_by = ?, note = ?, answered_at = ?"
+            " WHERE id = ? AND status = 'pending' AND expires_at > ?", (option, by, note, now, halt_id, now))
+        if not changed:
+            raise HaltError(_why_closed(await self._must_get(halt_id)))
+        await self.events.emit("halt.answered", HaltAnswered(halt_id=halt_id, option=option, by=by, note=note),
+                               source="halts", incident_id=halt.incident_id)
+        return await self._must_get(halt_id)
+
+    async def expire_due(self, now: datetime | None = None) -> builtins.list[Halt]:
+        """Expire the pending halts whose time is up, answering them with their default.
+
+        Emits `halt.expired` for each; returns them so the caller applies the defaults.
+        """
+        at = iso(now or self.clock.now())
+        rows = await self.store.fetchall(
+            "SELECT id FROM halts WHERE status = 'pending' AND expires_at <= ? ORDER BY id", (at,))
+        expired = []
+        for row in rows:
+            changed = await self.store.execute(
+                "UPDATE halts SET status = 'expired', answer = default_option, answered_by = 'timeout',"
+                " answered_at = ? WHERE id = ? AND status = 'pending' AND expires_at <= ?", (at, row["id"], at))
+            if changed:
+                halt = await self._must_get(row["id"])
+                await self.events.emit("halt.expired", HaltExpired(halt_id=halt.id, default=halt.default_option),
+                                       source="halts", incident_id=halt.incident_id)
+                expired.append(halt)
+        return expired
+
+    async def remind_due(self, now: datetime | None = None) -> builtins.list[Halt]:
+        """Mark the pending halts whose reminder is due as reminded (once each).
+
+        Emits `halt.reminded` for each; returns them so the caller sends the reminders.
+        """
+        at = iso(now or self.clock.now())
+        rows = await self.store.fetchall(
+            "SELECT id FROM halts WHERE status = 'pending' AND reminded_at IS NULL AND remind_at <= ?"
+            " AND expires_at > ? ORDER BY id", (at, at))
+        reminded = []
+        for row in rows:
+            changed = await self.store.execute(
+                "UPDATE halts SET reminded_at = ? WHERE id = ? AND status = 'pending' AND reminded_at IS NULL",
+                (at, row["id"]))
+            if changed:
+                halt = await self._must_get(row["id"])
+                await self.events.emit("halt.reminded", HaltReminded(
+                    halt_id=halt.id, expires_at=iso(halt.expires_at)), source="halts", incident_id=halt.incident_id)
+                reminded.append(halt)
+        return reminded
+
+    async def claim_execution(self, halt_id: int) -> bool:
+        """Take the right to carry out an answered halt (or an expired one whose default is not
+        `deny`); True for exactly one caller."""
+        changed = await self.store.execute(
+            "UPDATE halts SET execution = 'claimed' WHERE id = ? AND execution IS NULL"
+            " AND (status = 'answered' OR (status = 'expired' AND answer != 'deny'))", (halt_id,))
+        return changed == 1
+
+    async def finish_execution(self, halt_id: int, *, result: Literal["done", "replanned"],
+                               action_id: int | None = None) -> None:
+        """Record how a claimed execution ended.
+
+        Raises:
+            HaltError: `result` is not done/replanned, or the halt's execution is not claimed.
+        """
+        if result not in ("done", "replanned"):
+            raise HaltError(f"an execution ends 'done' or 'replanned', not {result!r}")
+        changed = await self.store.execute(
+            "UPDATE halts SET execution = ?, action_id = COALESCE(?, action_id)"
+            " WHERE id = ? AND execution = 'claimed'", (result, action_id, halt_id))
+        if not changed:
+            halt = await self.get(halt_id)
+            state = "does not exist" if halt is None else f"has execution {halt.execution!r}"
+            raise HaltError(f"cannot finish halt #{halt_id}: it {state}, not 'claimed' "
+                            "(call claim_execution first)")
+
+    async def set_text(self, halt_id: int, title: str, body: str) -> None:
+        """Replace the message of a halt (its text names its own id, known only after create)."""
+        await self.store.execute("UPDATE halts SET title = ?, body = ? WHERE id = ?", (title, body, halt_id))
+
+    async def cancel(self, halt_id: int, reason: str) -> Halt:
+        """Withdraw a pending halt (e.g. the incident resolved itself); `reason` goes in its note.
+
+        Raises:
+            HaltError: no such halt, or it is no longer pending.
+        """
+        changed = await self.store.execute(
+            "UPDATE halts SET status = 'cancelled', note = ?, answered_at = ? WHERE id = ? AND status = 'pending'",
+            (reason, iso(self.clock.now()), halt_id))
+        halt = await self.get(halt_id)
+        if halt is None:
+            raise HaltError(f"there is no halt #{halt_id}")
+        if not changed:
+            raise HaltError(_why_closed(halt))
+        await self.events.emit("halt.cancelled", {"halt_id": halt_id, "reason": reason}, source="halts",
+                               incident_id=halt.incident_id)
+        return halt
+
+    async def _must_get(self, halt_id: int) -> Halt:
+        halt = await self.get(halt_id)
+        if halt is None:
+            raise HaltError(f"there is no halt #{halt_id}")
+        return halt
+
+
+def _why_closed(halt: Halt) -> str:
+    """Why a halt can no longer be answered, in one sentence."""
+    when = iso(halt.answered_at) if halt.answered_at else "?"
+    if halt.status == "answered":
+        return f"halt #{halt.id} was already answered {halt.answer!r} by {halt.answered_by} at {when}"
+    if halt.status == "cancelled":
+        return f"halt #{halt.id} was cancelled at {when}: {halt.note}"
+    verb = "was applied" if halt.status == "expired" else "applies"   # still pending: the sweep is due
+    return f"halt #{halt.id} expired at {iso(halt.expires_at)}; its default {halt.default_option!r} {verb}"
+
+
+def _from_row(r: Any) -> Halt:
+    def ts(value: str | None) -> datetime | None:
+        return parse_iso(value) if value else None
+
+    return Halt(id=r["id"], incident_id=r["incident_id"], rule=r["rule"], title=r["title"], body=r["body"],
+                plan=Plan.from_json(json.loads(r["plan"])), options=json.loads(r["options"]),
+                default_option=r["default_option"], status=r["status"], answer=r["answer"],
+                answered_by=r["answered_by"], note=r["note"], created_at=parse_iso(r["created_at"]),
+                expires_at=parse_iso(r["expires_at"]), remind_at=ts(r["remind_at"]),
+                reminded_at=ts(r["reminded_at"]), answered_at=ts(r["answered_at"]),
+                execution=r["execution"], action_id=r["action_id"])

@@ -1,0 +1,92 @@
+"""The words of notifications and halts, shaped by the agent's personality.
+
+helpful: full sentences and the next step; terse: the facts in one line each; cautious: the
+facts plus what could go wrong. The facts (what is wrong, the plan, the options, the halt id,
+how to answer) are always there: personality changes tone, never content.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import Personality
+
+if TYPE_CHECKING:
+    from .halt.store import Halt
+    from .incidents import Incident
+    from .kernel.base import Plan
+
+MAX_STEPS_SHOWN = 15
+
+
+def where(incident: Incident) -> str:
+    return f"{incident.check} {incident.target}".strip()
+
+
+def _steps(plan: Plan) -> str:
+    lines = [f"  - {s}" for s in plan.steps[:MAX_STEPS_SHOWN]]
+    if len(plan.steps) > MAX_STEPS_SHOWN:
+        lines.append(f"  ... and {len(plan.steps) - MAX_STEPS_SHOWN} more (fazt-agent halts show ID)")
+    return "\n".join(lines)
+
+
+def incident_notice(incident: Incident, reason: str, personality: Personality, host: str,
+                    plan: Plan | None = None) -> tuple[str, str]:
+    """Title and body telling the owner about a problem the agent will not fix by itself."""
+    title = f"[{host}] {incident.severity}: {where(incident)}"
+    facts = [f"{where(incident)} is {incident.severity}: {incident.message}"]
+    if plan is not None and not plan.noop:
+        facts.append(f"Proposed: {plan.summary} (not done: {reason})")
+    else:
+        facts.append(f"Not acting: {reason}")
+    if personality == "terse":
+        return title, "\n".join(facts)
+    if personality == "cautious":
+        facts.append("Nothing was changed on the server. Check it before acting; "
+                     "`fazt-agent incidents show {}` has the details.".format(incident.id))
+        return title, "\n\n".join(facts)
+    facts.append(f"I am keeping an eye on it. Details: fazt-agent incidents show {incident.id}")
+    return title, "\n\n".join(facts)
+
+
+def halt_request(halt_id: int | None, incident: Incident | None, plan: Plan, reason: str, options: list[str],
+                 default: str, expires: str, personality: Personality, host: str) -> tuple[str, str]:
+    """Title and body of an approval request: what is wrong, the exact plan, how to answer."""
+    subject = where(incident) if incident else plan.action
+    title = f"[{host}] approval needed: {plan.summary}"
+    ident = halt_id if halt_id is not None else "ID"
+    lines = []
+    if incident is not None:
+        lines.append(f"Problem: {subject} is {incident.severity}: {incident.message}")
+    lines.append(f"Plan: {plan.summary} (risk: {plan.risk}, {'reversible' if plan.reversible else 'not reversible'})")
+    if plan.steps:
+        lines.append(_steps(plan))
+    lines.append(f"Why I ask: {reason}")
+    lines.append(f"Options: {', '.join(options)} (default on timeout: {default}, expires {expires})")
+    lines.append(f"Answer: fazt-agent approve {ident}  |  fazt-agent deny {ident}  |  "
+                 f"fazt-agent halts answer {ident} OPTION  (halt {ident})")
+    if personality == "terse":
+        return title, "\n".join(lines)
+    if personality == "cautious":
+        lines.insert(0, "Nothing has been done yet, and nothing will be without your answer.")
+        if plan.deletes:
+            lines.insert(1, "This plan deletes data; it cannot be undone.")
+    else:
+        lines.insert(0, "I would like to fix this, but the policy says to ask you first.")
+    return title, "\n".join(lines)
+
+
+def halt_reminder(halt: Halt, personality: Personality, host: str) -> tuple[str, str]:
+    title = f"[{host}] reminder: approval needed: {halt.plan.summary}"
+    body = (f"Halt {halt.id} expires at {halt.expires_at:%Y-%m-%d %H:%M} UTC; then '{halt.default_option}' applies.\n\n"
+            + halt.body)
+    return title, body
+
+
+def action_report(summary: str, ok: bool, message: str, incident: Incident | None, host: str) -> tuple[str, str]:
+    status = "done" if ok else "FAILED"
+    title = f"[{host}] {status}: {summary}"
+    body = f"{summary}: {message}"
+    if incident is not None:
+        body += f"\nIncident: {where(incident)} ({incident.severity}: {incident.message})"
+    return title, body

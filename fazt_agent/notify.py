@@ -1,0 +1,204 @@
+"""Notifications to the owner, through an outbox in SQLite.
+
+`notify` writes the notification first and then tries to send it, so a failed or interrupted
+delivery is never lost: the row stays `pending` and `deliver_due` retries it with exponential
+backoff until it is sent or, after `max_attempts`, given up. Each attempt claims its row with a
+conditional UPDATE (a lease), so several processes sharing the database send it only once.
+
+Channels: apprise, for the configured URLs; without URLs, the log (a WARNING on this logger).
+URLs carry secrets (tokens, passwords): they are never logged nor stored; errors name a channel
+by `config.redacted(url)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from .clock import Clock, iso
+from .config import redacted
+from .errors import FaztAgentError
+from .event_types import NotificationFailed, NotificationSent
+from .events import EventLog
+from .store import Store
+
+if TYPE_CHECKING:
+    import apprise
+
+log = logging.getLogger(__name__)
+
+# severity -> apprise NotifyType value; `critical` (a check status) is sent as a failure
+_NOTIFY_TYPE = {"info": "info", "warning": "warning", "failure": "failure", "critical": "failure"}
+SEVERITIES = tuple(_NOTIFY_TYPE)
+LEASE = timedelta(seconds=120)        # how long a claimed attempt keeps others off the row
+SEND_TIMEOUT = 60.0                   # apprise's limit for one attempt; must stay below LEASE
+
+Send = Callable[[str, str, str], Awaitable[None]]
+"""A delivery channel: `send(title, body, severity)`, raising NotifyError when it fails."""
+
+
+class NotifyError(FaztAgentError):
+    """A channel could not deliver a notification (the outbox retries it)."""
+
+
+def backoff(attempts: int) -> timedelta:
+    """The wait after the `attempts`-th failed attempt: 30 s, 1 min, 2 min, ... at most 1 h."""
+    return timedelta(seconds=min(30 * 2 ** (attempts - 1), 3600))
+
+
+class Notifications:
+    """The notification outbox and its delivery (satisfies `kernel.base.Notifier`)."""
+
+    def __init__(self, store: Store, events: EventLog, clock: Clock, urls: list[str], *,
+                 send: Send | None = None, max_attempts: int = 12):
+        self.store = store
+        self.events = events
+        self.clock = clock
+        self.urls = [u for u in urls if u]
+        self.max_attempts = max_attempts
+        self.channel = "custom" if send else "apprise" if self.urls else "log"
+        self._send = send or (self._send_apprise if self.urls else self._send_log)
+        self._apprise: apprise.Apprise | None = None
+        self._invalid: list[str] = []           # redacted URLs apprise refused
+        self._build_lock = asyncio.Lock()
+
+    async def notify(self, title: str, body: str, *, severity: str = "info",
+                     halt_id: int | None = None, incident_id: int | None = None) -> int:
+        """Queue a notification and try to send it now; returns its id.
+
+        A delivery failure does not raise: the notification stays pending and is retried.
+
+        Raises:
+            ValueError: `severity` is not one of SEVERITIES (a programming error).
+        """
+        if severity not in SEVERITIES:
+            raise ValueError(f"unknown notification severity {severity!r}; use one of {SEVERITIES}")
+        now = self.clock.now()
+        lease = iso(now + LEASE)          # inserted already claimed by this attempt
+        async with self.store.transaction() as db:
+            cur = await db.execute(
+                "INSERT INTO notifications(title, body, severity, halt_id, incident_id, status, attempts,"
+                " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
+                (title, body, severity, halt_id, incident_id, iso(now), lease))
+            notification_id = cur.lastrowid
+        assert notification_id is not None
+        await self._attempt(notification_id)
+        return notification_id
+
+    async def deliver_due(self, now: datetime | None = None) -> int:
+        """Retry every pending notification that is due at `now`; returns how many were attempted."""
+        due = await self.store.fetchall(
+            "SELECT id, next_attempt_at FROM notifications WHERE status = 'pending' AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, id", (iso(now or self.clock.now()),))
+        attempted = 0
+        for row in due:
+            if await self._claim(row["id"], row["next_attempt_at"]):
+                await self._attempt(row["id"])
+                attempted += 1
+        return attempted
+
+    async def pending(self) -> list[dict[str, Any]]:
+        """The notifications still waiting to be sent, oldest first."""
+        rows = await self.store.fetchall(
+            "SELECT id, title, body, severity, halt_id, incident_id, attempts, last_error, created_at,"
+            " next_attempt_at FROM notifications WHERE status = 'pending' ORDER BY id")
+        return [dict(r) for r in rows]
+
+    async def _claim(self, notification_id: int, seen_next_attempt_at: str) -> bool:
+        """Take the row for one attempt; False when another process took it first."""
+        changed = await self.store.execute(
+            "UPDATE notifications SET next_attempt_at = ? WHERE id = ? AND status = 'pending'"
+            " AND next_attempt_at = ?", (iso(self.clock.now() + LEASE), notification_id, seen_next_attempt_at))
+        return changed == 1
+
+    async def _attempt(self, notification_id: int) -> None:
+        """Send a claimed notification once and record the outcome (row and event)."""
+        row = await self.store.fetchone("SELECT * FROM notifications WHERE id = ?", (notification_id,))
+        assert row is not None
+        attempt = row["attempts"] + 1
+        try:
+            await self._send(row["title"], row["body"], row["severity"])
+        except NotifyError as e:
+            error = str(e)
+        except Exception as e:  # a channel's bug must not lose the notification nor crash the caller
+            log.exception("notification channel %s crashed", self.channel)
+            error = f"the {self.channel} channel crashed: {type(e).__name__}: {e}"
+        else:
+            now = iso(self.clock.now())
+            await self.store.execute(
+                "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = ?, next_attempt_at = ?"
+                " WHERE id = ?", (now, attempt, now, notification_id))
+            await self.events.emit("notification.sent", NotificationSent(
+                notification_id=notification_id, channel=self.channel, title=row["title"], attempts=attempt,
+                halt_id=row["halt_id"]), source="notify", incident_id=row["incident_id"])
+            return
+        error = self._scrub(error)
+        now_dt = self.clock.now()
+        gave_up = attempt >= self.max_attempts
+        next_at = now_dt if gave_up else now_dt + backoff(attempt)
+        log.warning("notification #%d not sent (attempt %d, %s): %s", notification_id, attempt,
+                    "giving up" if gave_up else f"next at {iso(next_at)}", error)
+        await self.store.execute(
+            "UPDATE notifications SET status = ?, attempts = ?, last_error = ?, next_attempt_at = ?"
+            " WHERE id = ?", ("gave_up" if gave_up else "pending", attempt, error, iso(next_at), notification_id))
+        await self.events.emit("notification.failed", NotificationFailed(
+            notification_id=notification_id, attempt=attempt, error=error,
+            next_attempt_at=None if gave_up else iso(next_at), gave_up=gave_up),
+            source="notify", incident_id=row["incident_id"])
+
+    def _scrub(self, text: str) -> str:
+        for url in self.urls:
+            text = text.replace(url, redacted(url))
+        return text
+
+    async def _send_log(self, title: str, body: str, severity: str) -> None:
+        log.warning("notification (%s): %s\n%s", severity, title, body)
+
+    async def _send_apprise(self, title: str, body: str, severity: str) -> None:
+        async with self._build_lock:
+            if self._apprise is None:
+                self._apprise = await asyncio.to_thread(self._build_apprise)
+        await asyncio.to_thread(self._notify_apprise, self._apprise, title, body, severity)
+
+    def _build_apprise(self) -> apprise.Apprise:
+        import apprise  # heavy: loads every plugin, so only when the first notification goes out
+
+        client = apprise.Apprise()
+        ident = threading.get_ident()
+        apprise_log = logging.getLogger("apprise")
+
+        def hush(record: logging.LogRecord) -> bool:  # apprise's lines while adding show the URLs in clear
+            return record.thread != ident
+
+        apprise_log.addFilter(hush)
+        try:
+            for url in self.urls:
+                if not client.add(url):
+                    self._invalid.append(redacted(url))
+        finally:
+            apprise_log.removeFilter(hush)
+        if self._invalid:
+            log.warning("apprise refused notification URL(s) %s; check them against "
+                        "https://github.com/caronc/apprise/wiki", ", ".join(self._invalid))
+        return client
+
+    def _notify_apprise(self, client: apprise.Apprise, title: str, body: str, severity: str) -> None:
+        """Blocking: send through apprise (in a worker thread).
+
+        Raises:
+            NotifyError: no URL is usable, or apprise reported a failure (with its messages).
+        """
+        invalid = (f"apprise does not understand notification URL(s) {', '.join(self._invalid)}; "
+                   "fix notify.urls (see https://github.com/caronc/apprise/wiki)") if self._invalid else ""
+        if len(client) == 0:
+            raise NotifyError(invalid)
+        # The result carries the log lines of this call only (unlike a handler on the shared
+        # "apprise" logger, which would also catch a concurrent send's lines).
+        result = client.notify(body=body, title=title, notify_type=_NOTIFY_TYPE[severity], timeout=SEND_TIMEOUT)
+        if not result:
+            messages = list(dict.fromkeys(e.message for e in result.logs()))
+            reasons = "; ".join(messages) or f"apprise reported {result.status.name}"
+            raise NotifyError("; ".join(filter(None, (reasons, invalid))))
