@@ -1,7 +1,9 @@
 """Running one child process for a kernel action: argv only, own process group, hard timeout.
 
-The same approach as the `command` check: no shell, `start_new_session=True`, and the whole
-process group is killed (and the child reaped) on timeout or when the caller is cancelled.
+Like the `command` check: no shell, `start_new_session=True`, and the whole process group is
+killed (and the child reaped) on timeout or when the caller is cancelled. Output goes to
+unlinked temporary files rather than pipes, so a daemon the command leaves behind holding
+stdout cannot keep us waiting, and only the tails are read back.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from asyncio.subprocess import DEVNULL, PIPE
+import tempfile
+from asyncio.subprocess import DEVNULL
 from dataclasses import dataclass
+from typing import IO
 
 TAIL = 2000  # characters of output kept in outcomes
 
@@ -20,44 +24,44 @@ class Finished:
     """How a child process ended. `exit_code` is None when it was killed on timeout."""
 
     exit_code: int | None
-    stdout: str
-    stderr: str
+    stdout_tail: str
+    stderr_tail: str
     timed_out: bool = False
 
     @property
-    def stdout_tail(self) -> str:
-        return self.stdout[-TAIL:]
-
-    @property
-    def stderr_tail(self) -> str:
-        return self.stderr[-TAIL:]
-
-    @property
     def last_error_line(self) -> str:
-        lines = [line for line in (self.stderr or self.stdout).splitlines() if line.strip()]
+        lines = [line for line in (self.stderr_tail or self.stdout_tail).splitlines() if line.strip()]
         return lines[-1].strip()[:300] if lines else ""
 
 
 async def run(argv: list[str], timeout: float) -> Finished:
-    """Run `argv` (no shell) and wait at most `timeout` seconds for it.
+    """Run `argv` (no shell) and wait at most `timeout` seconds for it to exit.
 
     Raises:
         OSError: the program cannot be started (missing, not executable).
     """
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=DEVNULL, stdout=PIPE, stderr=PIPE,
-                                                start_new_session=True)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        return Finished(None, "", "", timed_out=True)
-    finally:
-        if proc.returncode is None:  # timed out or cancelled: take the group down and reap
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            await asyncio.shield(proc.wait())
-    return Finished(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=DEVNULL, stdout=out, stderr=err,
+                                                    start_new_session=True)
+        timed_out = False
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            timed_out = True
+        finally:
+            if proc.returncode is None:  # timed out or cancelled: take the group down and reap
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                await asyncio.shield(proc.wait())
+        return Finished(None if timed_out else proc.returncode, _tail(out), _tail(err), timed_out)
+
+
+def _tail(file: IO[bytes]) -> str:
+    size = file.seek(0, os.SEEK_END)
+    file.seek(max(0, size - 4 * TAIL))  # enough bytes for TAIL characters of UTF-8
+    return file.read().decode(errors="replace")[-TAIL:]
 
 
 def cannot_start(argv: list[str], error: OSError) -> str:

@@ -111,7 +111,10 @@ class Engine:
         """Ask the planner for a proposal on `incident` and put it through the gate."""
         proposal = rules_planner(self.policy, incident)
         if proposal.error is not None or proposal.action is None:
-            return await self.notify_only(incident, trigger, proposal.reason, rule=proposal.rule)
+            reason = proposal.reason
+            if trigger == "action_ineffective":
+                reason = f"the last action did not resolve it; {reason}"
+            return await self.notify_only(incident, trigger, reason, rule=proposal.rule)
         return await self.gate(proposal, incident=incident, trigger=trigger)
 
     async def evaluate(self, proposal: Proposal, incident: Incident | None, autonomy: str) -> Evaluation:
@@ -154,6 +157,8 @@ class Engine:
             return Decision("deny", ev.failed)
         assert ev.plan is not None and ev.judgement is not None
         plan, j = ev.plan, ev.judgement
+        if trigger == "action_ineffective" and j.verdict != "act":
+            j = replace(j, reason=f"the last action did not resolve it; {j.reason}")
         await self._record(trigger, proposal, incident, j, autonomy, plan.to_json(), paused)
         if paused:
             if incident is not None:

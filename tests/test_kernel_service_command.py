@@ -6,6 +6,7 @@ import json
 import os
 import select
 import shlex
+import signal
 import sys
 import tomllib
 from datetime import datetime, timezone
@@ -223,6 +224,24 @@ async def test_a_command_past_its_timeout_is_killed_with_its_children(tmp_path):
     assert not outcome.ok and outcome.message == "hang did not finish within 0.5s and was killed"
     assert outcome.details["exit_code"] is None
     assert exited(int((tmp_path / "pid").read_text())) and exited(int((tmp_path / "child").read_text()))
+
+
+async def test_a_daemon_left_holding_the_output_does_not_delay_the_outcome(tmp_path):
+    tool = script(tmp_path, f"#!/bin/sh\nsetsid sleep 1000 &\necho $! > {tmp_path}/daemon\necho started\n")
+    ctx = context({"commands": {"start": CommandSpec(name="start", argv=[tool], timeout=30)}})
+    try:
+        _, outcome = await run("command", {"name": "start"}, ctx)
+        assert outcome.ok and outcome.details["stdout_tail"] == "started\n"
+    finally:
+        os.kill(int((tmp_path / "daemon").read_text()), signal.SIGKILL)
+
+
+async def test_output_tails_keep_the_last_2000_characters(tmp_path):
+    tool = script(tmp_path, "#!/bin/sh\nhead -c 5000 /dev/zero | tr '\\0' a\necho END\n")
+    ctx = context({"commands": {"loud": CommandSpec(name="loud", argv=[tool])}})
+    _, outcome = await run("command", {"name": "loud"}, ctx)
+    tail = outcome.details["stdout_tail"]
+    assert len(tail) == 2000 and tail.endswith("aaaEND\n")
 
 
 async def test_apply_refuses_a_command_plan_when_the_declaration_changed(tmp_path):

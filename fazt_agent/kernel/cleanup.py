@@ -246,43 +246,28 @@ def _one(dfd: int, name: str, planned: dict[str, Any], mode: str) -> int:
     return planned["size"]
 
 
-def _locate(path: str, roots: list[str]) -> tuple[str, tuple[str, ...], str] | None:
-    """(root, directories below it, file name) of a planned path; None unless strictly below a root."""
-    if os.path.normpath(path) != path or not path.startswith("/"):
-        return None
-    parts = PurePosixPath(path).parts
-    for root in roots:
-        if inside(path, root) and len(parts) > len(PurePosixPath(root).parts):
-            return root, parts[len(PurePosixPath(root).parts):-1], parts[-1]
-    return None
-
-
 def _execute(roots: list[str], files: list[dict[str, Any]], mode: str) -> tuple[int, int, list[dict[str, str]], int]:
     """Act on exactly the planned files; (bytes freed, files done, skipped, failures)."""
     freed = done = failures = 0
     skipped: list[dict[str, str]] = []
-    groups: dict[tuple[str, tuple[str, ...]], list[tuple[str, dict[str, Any]]]] = {}
+    by_dir: dict[str, list[dict[str, Any]]] = {}
     for planned in files:
-        where = _locate(planned["path"], roots)
-        if where is None:
-            skipped.append({"path": planned["path"], "reason": "not below a planned root"})
+        path = planned["path"]
+        if os.path.normpath(path) == path and any(path != r and inside(path, r) for r in roots):
+            by_dir.setdefault(os.path.dirname(path), []).append(planned)
         else:
-            groups.setdefault(where[:2], []).append((where[2], planned))
-    for (root, parts), members in groups.items():
+            skipped.append({"path": path, "reason": "not below a planned root"})
+    for directory, members in by_dir.items():
         try:
-            top = open_dir(root)
-            try:
-                dfd = open_below(top, parts)
-            finally:
-                os.close(top)
+            dfd = open_dir(directory)
         except OSError as e:
             reason = f"its directory cannot be opened without following a symlink ({e.strerror})"
-            skipped += [{"path": planned["path"], "reason": reason} for _, planned in members]
+            skipped += [{"path": planned["path"], "reason": reason} for planned in members]
             continue
         try:
-            for name, planned in members:
+            for planned in members:
                 try:
-                    freed += _one(dfd, name, planned, mode)
+                    freed += _one(dfd, os.path.basename(planned["path"]), planned, mode)
                     done += 1
                 except _Skip as e:
                     skipped.append({"path": planned["path"], "reason": str(e)})

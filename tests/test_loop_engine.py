@@ -1,0 +1,203 @@
+"""Time-dependent parts of the loop, driven in-process with a fake clock: halt expiry and
+reminders, verification that an action helped, cooldowns; and the gate's property."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import Ops
+from fazt_agent.config import load_config
+from fazt_agent.engine import Engine
+from fazt_agent.kernel.base import Plan
+from fazt_agent.policy.evaluate import PERMISSIVE, History, ceiling, judge
+from fazt_agent.policy.model import Defaults, Match, Rule, Schedule, Verdicts
+from fazt_agent.runtime import Runtime
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)  # a Monday noon
+        self.mono = 1000.0
+
+    def now(self) -> datetime:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.t += timedelta(seconds=seconds)
+        self.mono += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def junk(ops: Ops, tmp_path: Path) -> Path:
+    root = tmp_path / "junk"
+    root.mkdir()
+    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "20KB"\n')
+    (ops.dir / "policies" / "local.toml").write_text(f'[constraints]\ncleanup_roots = ["{root}"]\n')
+    return root
+
+
+def fill(root: Path, count: int, age_days: float = 30, prefix: str = "old") -> None:
+    for i in range(count):
+        path = root / f"{prefix}-{i:03}.log"
+        path.write_bytes(b"x" * 4096)
+        then = time.time() - age_days * 86400
+        os.utime(path, (then, then))
+
+
+@pytest.fixture
+async def engine(ops: Ops, clock: FakeClock, junk: Path) -> AsyncIterator[Engine]:
+    rt = await Runtime.open(load_config(ops.config), clock=clock)
+    yield Engine(rt)
+    await rt.close()
+
+
+async def turn(engine: Engine) -> None:
+    beat = await engine.rt.pulse.beat(everything=True)
+    await engine.on_beat(beat)
+    await engine.sweep()
+
+
+async def types(engine: Engine, glob: str) -> list[dict]:
+    return [e.data for e in reversed(await engine.rt.events.list(type_glob=glob, limit=1000))]
+
+
+async def test_an_unanswered_halt_is_reminded_then_expires_to_deny(engine: Engine, clock: FakeClock, junk: Path,
+                                                                   ops: Ops) -> None:
+    (ops.dir / "kernel" / "actions.toml").write_text('[cleanup]\ndestructive_above = "16KB"\n')
+    await engine.reload_policy()
+    await engine.set_autonomy("medium", by="test")
+    fill(junk, 10)
+    await turn(engine)
+    [halt] = await engine.executor.halts.list(status="pending")
+    clock.advance(20 * 3600)  # the reminder goes out at 80 % of the 24 h
+    await engine.sweep()
+    assert [h["halt_id"] for h in await types(engine, "halt.reminded")] == [halt.id]
+    await engine.sweep()
+    assert len(await types(engine, "halt.reminded")) == 1  # once
+    clock.advance(4 * 3600 + 1)
+    await engine.sweep()
+    assert await types(engine, "halt.expired") == [{"halt_id": halt.id, "default": "deny"}]
+    assert len(list(junk.iterdir())) == 10
+    expired = await engine.executor.halts.get(halt.id)
+    assert expired.status == "expired" and expired.answer == "deny" and expired.answered_by == "timeout"
+    titles = [n["title"] for n in await engine.executor.notifications.pending()] or \
+             [e["title"] for e in await types(engine, "notification.sent")]
+    assert any("reminder" in t for t in titles) and any("expired" in t for t in titles)
+
+
+async def test_an_action_that_did_not_help_is_reported_once(engine: Engine, clock: FakeClock, junk: Path) -> None:
+    await engine.set_autonomy("medium", by="test")
+    fill(junk, 3)
+    fill(junk, 10, age_days=0, prefix="fresh")  # too young to clean: the directory stays too big
+    await turn(engine)
+    assert len(await types(engine, "action.succeeded")) == 1
+    clock.advance(60)
+    await turn(engine)
+    assert await types(engine, "action.ineffective") == []  # not yet: verify_after is 3 minutes
+    clock.advance(180)
+    await turn(engine)
+    assert len(await types(engine, "action.ineffective")) == 1
+    decisions = await types(engine, "decision.made")
+    assert [d["trigger"] for d in decisions] == ["opened", "action_ineffective"]
+    assert decisions[-1]["verdict"] == "notify" and "did not resolve it" in decisions[-1]["reason"]
+    for _ in range(3):
+        clock.advance(3600)
+        await turn(engine)
+    assert len(await types(engine, "decision.made")) == 2
+    assert len(await types(engine, "action.started")) == 1
+
+
+async def test_a_recurring_problem_waits_for_the_cooldown_then_acts_again(engine: Engine, clock: FakeClock,
+                                                                         junk: Path) -> None:
+    await engine.set_autonomy("medium", by="test")
+    fill(junk, 6)
+    await turn(engine)
+    clock.advance(60)
+    await turn(engine)
+    assert len(await types(engine, "incident.resolved")) == 1
+    fill(junk, 6, prefix="again")
+    clock.advance(60)
+    await turn(engine)
+    held = (await types(engine, "decision.made"))[-1]
+    assert held["verdict"] == "notify" and "cooldown" in held["reason"]
+    assert len(list(junk.iterdir())) == 6
+    clock.advance(3600)
+    await turn(engine)
+    assert (await types(engine, "decision.made"))[-1]["trigger"] == "retry"
+    assert len(list(junk.iterdir())) == 0
+    assert len(await types(engine, "action.succeeded")) == 2
+
+
+async def test_a_policy_edit_is_reloaded_and_a_broken_one_refused(engine: Engine, ops: Ops) -> None:
+    before = engine.policy.version
+    (ops.dir / "policies" / "extra.toml").write_text('[[rules]]\nname = "x"\naction = "notify"\nverdicts = "act"\n')
+    assert await engine.reload_policy() is False
+    [rejected] = await types(engine, "policy.rejected")
+    assert "extra.toml:rules[0].verdicts" in rejected["issues"][0] and rejected["kept_version"] == before
+    assert engine.policy.version == before
+    (ops.dir / "policies" / "extra.toml").write_text('[[rules]]\nname = "x"\naction = "notify"\nargs = { message = "hi" }\n')
+    assert await engine.reload_policy() is True
+    assert engine.policy.rule("x") is not None and engine.policy.version != before
+    assert len(await types(engine, "policy.reloaded")) == 1
+
+
+async def test_maintenance_window_holds_actions_silently(engine: Engine, clock: FakeClock, junk: Path, ops: Ops) -> None:
+    default = ops.dir / "policies" / "default.toml"
+    default.write_text(default.read_text().replace('timezone = "UTC"', 'timezone = "Europe/Berlin"')
+                       .replace("maintenance = []", 'maintenance = ["mon 12:00-14:00"]'))
+    await engine.reload_policy()
+    await engine.set_autonomy("medium", by="test")
+    fill(junk, 5)
+    await turn(engine)  # 12:00 UTC = 13:00 in Berlin: inside the window
+    [decision] = await types(engine, "decision.made")
+    assert decision["verdict"] == "notify" and "maintenance window" in decision["reason"]
+    assert len(list(junk.iterdir())) == 5
+    assert await types(engine, "notification.sent") == []
+    clock.advance(3600)
+    await turn(engine)  # the window is over: decided again, and the cleanup runs
+    assert len(list(junk.iterdir())) == 0
+
+
+LEVELS = st.sampled_from(["low", "medium", "high"])
+PLANS = st.builds(lambda risk, reversible, deletes, noop: Plan("x", {}, "p", risk=risk, reversible=reversible,
+                                                                deletes=deletes, noop=noop),
+                  st.sampled_from(["safe", "destructive", "costly"]), st.booleans(), st.booleans(), st.booleans())
+VERDICT = st.none() | st.sampled_from(["act", "ask", "notify", "deny"])
+RULES = st.none() | st.builds(lambda lo, me, hi, cooldown: Rule(name="r", match=Match(), action="cleanup",
+                                                                 verdicts=Verdicts(low=lo, medium=me, high=hi),
+                                                                 cooldown=cooldown),
+                              VERDICT, VERDICT, VERDICT, st.none() | st.floats(0, 7200))
+SCHEDULES = st.sampled_from([Schedule(), Schedule(quiet_hours=["00:00-23:59"]), Schedule(maintenance=["mon 00:00-23:59"])])
+
+
+@settings(max_examples=500, deadline=None)
+@given(rule=RULES, plan=PLANS, level=LEVELS, schedule=SCHEDULES, minutes_since=st.none() | st.floats(0, 600),
+       count=st.integers(0, 10), hour=st.integers(0, 23))
+def test_no_plan_above_the_levels_allowed_risk_is_ever_act(rule, plan, level, schedule, minutes_since, count, hour) -> None:
+    now = datetime(2026, 11, 2, hour, tzinfo=timezone.utc)
+    history = History(last_action_at=None if minutes_since is None else now - timedelta(minutes=minutes_since),
+                      actions_in_window=count)
+    verdict = judge(rule, plan, level, history, now, schedule, Defaults()).verdict
+    top, _ = ceiling(level, plan)
+    assert PERMISSIVE[verdict] <= PERMISSIVE[top]
+    if verdict == "act":
+        assert level != "low"
+        assert plan.risk == "safe" or level == "high"
+        assert plan.risk != "costly" and not (plan.deletes and plan.risk != "safe")
+        assert not plan.noop
