@@ -26,7 +26,7 @@ system-deps:
 	scripts/system-deps
 
 test: system-deps $(VENV)/.installed
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q --timeout 300
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run_all.py

@@ -18,6 +18,7 @@ from typing import Any, Callable, Coroutine
 
 from pydantic import ValidationError
 
+from .clock import iso
 from .decide.rules import Proposal, rules_planner
 from .errors import ActionError
 from .definitions import toml_files
@@ -221,6 +222,9 @@ class Engine:
         if old != level:
             await self.rt.store.set_setting(AUTONOMY_KEY, level)
             await self.rt.events.emit("autonomy.changed", {"old": old, "new": level, "by": by}, source=by)
+            # open incidents get a fresh decision on the next beat, under the new level
+            await self.rt.store.execute("UPDATE incidents SET retry_at = ? WHERE status = 'open'",
+                                        (iso(self.clock.now()),))
         return old
 
     # -- housekeeping --------------------------------------------------------------------

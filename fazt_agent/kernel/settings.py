@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,7 +175,7 @@ class CommandSpec(Model):
 
     name: str = Field(pattern=COMMAND_NAME)
     description: str = ""
-    args: dict[str, ArgSpec] = {}
+    args: dict[str, ArgSpec] = {}             # declared before argv: argv's validator reads them
     argv: list[str] = Field(min_length=1)
     risk: Risk = "destructive"
     reversible: bool = False
@@ -225,7 +225,7 @@ class KernelSettings:
     cleanup: CleanupSettings = CleanupSettings()
     service: ServiceSettings = ServiceSettings()
     commands: tuple[CommandSpec, ...] = ()
-    files: tuple[Path, ...] = field(default=())
+    files: tuple[Path, ...] = ()
 
     def for_action(self, name: str) -> dict[str, Any]:
         """The settings dict an `ActionContext` for action `name` carries."""
