@@ -62,7 +62,10 @@ async def test_system_reports_sane_values_for_this_machine():
     assert m["load_per_core"] == pytest.approx(m["load5"] / m["cores"])
     assert m["uptime_seconds"] > 0
     assert result.status in ("ok", "warning", "critical")
-    assert "memory" in result.message
+    if result.status == "ok":  # a busy machine lists only what is bad
+        assert "memory" in result.message
+    else:
+        assert result.message
 
 
 async def test_system_with_tiny_thresholds_is_critical_and_names_what_is_bad():

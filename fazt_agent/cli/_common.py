@@ -84,13 +84,25 @@ def print_json(data: Any) -> None:
 
 
 def console() -> Any:
+    """A rich console that never interprets markup: check messages, paths and targets are
+    untrusted text (`disk[/]` must print as it is)."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, markup=False)
 
 
 STATUS_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red", "unknown": "magenta"}
 
 
-def styled(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+def styled(status: str) -> Any:
+    """A status word in its colour (a rich Text, safe in tables and `line()`)."""
+    from rich.text import Text
+
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def line(*parts: Any) -> Any:
+    """One output line from plain strings (printed as they are) and styled Text pieces."""
+    from rich.text import Text
+
+    return Text.assemble(*parts)

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, load, print_json, run, runtime, styled
+from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, line, load, print_json, run, runtime, styled
 
 config_app = typer.Typer(help="Validate the configuration.", no_args_is_help=True)
 
@@ -85,7 +85,7 @@ def beat(as_json: bool = typer.Option(False, "--json", help="Print the beat as J
             table.add_row(r.check, r.target, styled(r.status), r.message)
         out = console()
         out.print(table)
-        out.print(f"beat {result.id}: {styled(result.status)} in {result.duration_ms:.0f} ms")
+        out.print(line(f"beat {result.id}: ", styled(result.status), f" in {result.duration_ms:.0f} ms"))
     raise typer.Exit(0 if result.status == "ok" else EXIT_PROBLEM)
 
 
@@ -103,7 +103,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
         return
     out = console()
     daemon = f"running (pid {data['daemon']['pid']})" if data["daemon"]["running"] else "not running"
-    out.print(f"health     {styled(data['health'])}")
+    out.print(line("health     ", styled(data["health"])))
     out.print(f"daemon     {daemon}")
     out.print(f"autonomy   {data['autonomy']}")
     last = data["last_beat"]
@@ -111,7 +111,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
     out.print(f"checks     {data['checks']} configured, {len(data['problems'])} not ok")
     for p in data["problems"]:
         target = f" {p['target']}" if p["target"] else ""
-        out.print(f"  {styled(p['status'])} {p['check']}{target}: {p['message']}")
+        out.print(line("  ", styled(p["status"]), f" {p['check']}{target}: {p['message']}"))
     for note in data["notes"]:
         out.print(f"note: {note}")
 

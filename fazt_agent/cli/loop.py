@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Optional
 
 import typer
 
-from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, load, print_json, run, runtime, styled
+from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, line, load, print_json, run, runtime, styled
 
 policy_app = typer.Typer(help="Check, explain and simulate the autonomy policy.", no_args_is_help=True)
 incidents_app = typer.Typer(help="Problems the agent has seen.", no_args_is_help=True)
@@ -71,7 +71,7 @@ def policy_explain(as_json: bool = typer.Option(False, "--json", help="Print JSO
         return
     out = console()
     for row in rows:
-        out.print(f"[bold]{row['rule']}[/]: {row['description']}")
+        out.print(line((row["rule"], "bold"), f": {row['description']}"))
         out.print(f"  when   {row['match']}")
         out.print(f"  action {row['action']} {json.dumps(row['args'])}")
         for level in ("low", "medium", "high"):
@@ -121,7 +121,7 @@ def policy_simulate(incident_file: Path = typer.Option(..., "--incident", exists
     out.print(f"action   {result['action'] or '(notify only)'} {json.dumps(result['args']) if result['args'] else ''}")
     if result["plan"]:
         out.print(f"plan     {result['plan']['summary']} (risk {result['plan']['risk']})")
-    out.print(f"verdict  [bold]{result['verdict']}[/] at {result['autonomy']} autonomy: {result['reason']}")
+    out.print(line("verdict  ", (result["verdict"], "bold"), f" at {result['autonomy']} autonomy: {result['reason']}"))
 
 
 # -- autonomy, pause, resume ------------------------------------------------------------------
@@ -212,7 +212,8 @@ def incidents_show(incident_id: int = typer.Argument(...),
         print_json({**incident.to_json(), "events": [e.to_json() for e in events]})
         return
     out = console()
-    out.print(f"incident {incident.id}: {styled(incident.severity)} {incident.check} {incident.target} ({incident.status})")
+    out.print(line(f"incident {incident.id}: ", styled(incident.severity),
+                   f" {incident.check} {incident.target} ({incident.status})"))
     out.print(f"  {incident.message}")
     out.print(f"  opened {incident.opened_at:%Y-%m-%d %H:%M:%S}, {incident.beats} beats, peak {incident.peak_severity}")
     for e in events:
@@ -263,7 +264,7 @@ def actions_plan(name: str = typer.Argument(...), arg: list[str] = typer.Option(
         out.print(f"  - {step}")
     if len(ev.plan.steps) > 50:
         out.print(f"  ... and {len(ev.plan.steps) - 50} more")
-    out.print(f"verdict: [bold]{ev.judgement.verdict}[/] ({ev.judgement.reason})")
+    out.print(line("verdict: ", (ev.judgement.verdict, "bold"), f" ({ev.judgement.reason})"))
 
 
 @actions_app.command("run")

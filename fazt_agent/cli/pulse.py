@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, print_json, run, runtime, styled
+from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, line, print_json, run, runtime, styled
 
 app = typer.Typer(help="Health checks: status, history, trends.", no_args_is_help=True)
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -54,7 +54,7 @@ def history(hours: float = typer.Option(24, "--hours", min=0.01, help="How far b
     for b in beats:
         problems = "; ".join(f"{p['check']}{'[' + p['target'] + ']' if p['target'] else ''}: {p['message']}"
                              for p in b["problems"])
-        out.print(f"{b['ts'][:19]}  {styled(b['status'])}  {problems}")
+        out.print(line(f"{b['ts'][:19]}  ", styled(b["status"]), f"  {problems}"))
     out.print(f"{len(beats)} beats in the last {hours:g} h")
 
 
@@ -72,7 +72,7 @@ def sparkline(values: list[float], width: int = 60) -> str:
 
 
 @app.command("trend")
-def trend(metric: str = typer.Argument(..., help="CHECK.METRIC or CHECK[TARGET].METRIC, e.g. 'disk[/].used_percent'."),
+def trend(metric: str = typer.Argument(..., help="CHECK.METRIC or CHECK[TARGET].METRIC, e.g. 'disk\\[/].used_percent'."),
           hours: float = typer.Option(24, "--hours", min=0.01, help="How far back."),
           as_json: bool = typer.Option(False, "--json", help="Print the series as JSON.")) -> None:
     """A terminal sparkline of one metric over time."""
