@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -182,7 +183,6 @@ def prepare(parent: Path, n: int, files: int, max_actions: int | None) -> tuple[
         if line is None:
             raise RuntimeError("policies/default.toml has no 'max_actions =' line to raise")
         default.write_text(text.replace(line, f"max_actions = {max_actions}", 1))
-    import tomllib
     data = tomllib.loads(ops.config.read_text())
     data.setdefault("agent", {})["autonomy"] = "medium"
     ops.config.write_text(tomli_w.dumps(data))
@@ -358,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  FAILED: {'; '.join(r['problems'])}")
             continue
         c = r["cold"] or {}
-        print(f"  {r['rounds']} rounds; verdicts per round {r['verdicts']}; cold first round {c.get('total_ms', 0):.1f} ms "
-              "(not counted)")
+        print(f"  {r['rounds']} rounds; verdicts per round {r['verdicts']}; "
+              f"cold first round {c.get('total_ms', 0):.1f} ms (not counted)")
         print(f"  {'ms from the start of on_beat':34} {'median':>8} {'p95':>8} {'min':>8} {'max':>8}")
         for key, label in (("incidents_recorded_ms", "incidents recorded (last opened)"),
                            ("verdict_first_ms", "verdict, first decision.made"),

@@ -56,7 +56,22 @@ ROWS: list[Row] = [
     ("events_throughput", "emit single (events/s)", lambda r: r["single"]["per_s"], "", None),
     ("events_throughput", "raw sqlite3 plain (events/s)", lambda r: r["raw_sqlite_plain"]["per_s"], "", None),
     ("events_throughput", "verify (rows/s)", lambda r: r["verify"]["per_s"], "chain ok", lambda r: r["verify"]["ok"]),
+    ("decision_overhead", "decide 1: apply started med (ms)", lambda r: _scenario(r, "n1", "apply_last_ms", "median"),
+     "rounds ok", lambda r: r["ok"]),
+    ("decision_overhead", "decide 1: apply started p95 (ms)", lambda r: _scenario(r, "n1", "apply_last_ms", "p95"),
+     "", None),
+    ("decision_overhead", "decide 100: last apply med (ms)",
+     lambda r: _scenario(r, "n100", "apply_last_ms", "median"), "", None),
+    ("decision_overhead", "decide 100: last apply p95 (ms)", lambda r: _scenario(r, "n100", "apply_last_ms", "p95"),
+     "", None),
+    ("decision_overhead", "decide 100: ms per incident med",
+     lambda r: _scenario(r, "n100", "per_incident_ms", "median"), "", None),
 ]
+
+
+def _scenario(report: dict[str, Any], scenario: str, metric: str, stat: str) -> float | None:
+    """One statistic of one decision_overhead scenario, or None when that scenario failed."""
+    return report["scenarios"].get(scenario, {}).get(metric, {}).get(stat)
 
 
 def _format(value: float | None) -> str:
@@ -76,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle": run("idle.py", ["--seconds", str(idle_seconds), "--interval", "5s"], timeout=idle_seconds + 120),
         "beat_latency": run("beat_latency.py", [], timeout=300),
         "events_throughput": run("events_throughput.py", [], timeout=300),
+        "decision_overhead": run("decision_overhead.py", [], timeout=180),
     }
     table = []
     all_ok = True

@@ -128,4 +128,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX notifications_due ON notifications(status, next_attempt_at)
     """,
+    # 3: MCP bearer tokens (stored hashed) and LLM calls (for budgets and decision records)
+    """
+    CREATE TABLE tokens (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        name         TEXT NOT NULL,
+        scope        TEXT NOT NULL,
+        hash         TEXT NOT NULL UNIQUE,
+        created_at   TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at   TEXT
+    );
+    CREATE UNIQUE INDEX tokens_active_name ON tokens(name) WHERE revoked_at IS NULL;
+    CREATE TABLE llm_calls (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts            TEXT NOT NULL,
+        purpose       TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        input_tokens  INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        cost_usd      REAL NOT NULL,
+        latency_ms    REAL NOT NULL,
+        ok            INTEGER NOT NULL,
+        error         TEXT
+    );
+    CREATE INDEX llm_calls_ts ON llm_calls(ts)
+    """,
 ]

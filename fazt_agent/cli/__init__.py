@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from . import core, events, loop, pulse
+from . import certs, core, events, llm, loop, mcp, pulse
 from ._common import state
 
 app = typer.Typer(name="fazt-agent", no_args_is_help=True, add_completion=False,
@@ -41,6 +41,10 @@ app.add_typer(loop.actions_app, name="actions")
 app.add_typer(loop.halts_app, name="halts")
 app.command("approve")(loop.approve)
 app.command("deny")(loop.deny)
+app.add_typer(llm.decisions_app, name="decisions")
+app.add_typer(mcp.mcp_app, name="mcp")
+app.add_typer(mcp.tokens_app, name="tokens")
+app.add_typer(certs.certs_app, name="certs")
 
 
 def hoist_config(argv: list[str]) -> list[str]:
