@@ -90,6 +90,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX actions_state ON actions(state);
     CREATE INDEX actions_incident ON actions(incident_id, id);
+    CREATE INDEX actions_rule ON actions(rule, created_at);
     CREATE TABLE halts (
         id             INTEGER PRIMARY KEY AUTOINCREMENT,
         incident_id    INTEGER,

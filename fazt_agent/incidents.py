@@ -9,6 +9,7 @@ transitions, never for every sample.
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -119,13 +120,16 @@ class IncidentStore:
         for t in changes:
             r = t.result
             if t.change == "opened":
-                async with self.store.transaction() as db:
-                    cur = await db.execute(
-                        "INSERT INTO incidents(check_name, target, kind, status, severity, peak_severity, message, "
-                        "metrics, details, opened_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?)",
-                        (r.check, r.target, r.kind, r.status, r.status, r.message, json.dumps(r.metrics),
-                         json.dumps(r.details, default=str), iso(now), iso(now)))
-                    incident_id = cur.lastrowid
+                try:
+                    async with self.store.transaction() as db:
+                        cur = await db.execute(
+                            "INSERT INTO incidents(check_name, target, kind, status, severity, peak_severity, message, "
+                            "metrics, details, opened_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?)",
+                            (r.check, r.target, r.kind, r.status, r.status, r.message, json.dumps(r.metrics),
+                             json.dumps(r.details, default=str), iso(now), iso(now)))
+                        incident_id = cur.lastrowid
+                except sqlite3.IntegrityError:
+                    continue  # another process (a CLI beat beside the daemon) opened it first: it decides
                 assert incident_id is not None
                 incident = Incident(incident_id, r.check, r.target, r.kind, "open", r.status, r.status, r.message,
                                     r.metrics, r.details, now, now, None, 1)
