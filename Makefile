@@ -25,7 +25,12 @@ run: $(VENV)/.installed $(OPS)/config.toml
 system-deps:
 	scripts/system-deps
 
-test: system-deps $(VENV)/.installed
+# The JavaScript MCP clients of the tests (TypeScript SDK, conformance suite), from the lock file.
+tests/js/node_modules/.package-lock.json: tests/js/package-lock.json tests/js/package.json
+	npm ci --prefix tests/js --no-audit --no-fund
+	touch $@
+
+test: system-deps $(VENV)/.installed tests/js/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -n 2 -q --timeout 300
 
 bench: $(VENV)/.installed

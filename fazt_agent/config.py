@@ -8,11 +8,11 @@ config file are relative to that file. Secrets come from the environment with `$
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._toml import expand_env, load_model, read_toml
 from .errors import ConfigError, Issue
@@ -59,6 +59,8 @@ class NotifySection(Model):
 class HttpSection(Model):
     enabled: bool = True
     listen: str = "127.0.0.1:7070"
+    allowed_hosts: list[str] = Field(default_factory=list)     # more Host values /mcp accepts ("HOST:PORT")
+    allowed_origins: list[str] = Field(default_factory=list)   # more Origin values ("https://HOST")
 
     @field_validator("listen")
     @classmethod
@@ -89,6 +91,70 @@ class PathsSection(Model):
     kernel: Path | None = None
 
 
+class LlmPrice(Model):
+    """US dollars per million tokens of one model."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cache_read_per_mtok: float = Field(ge=0)
+    cache_write_per_mtok: float = Field(ge=0)
+
+
+DEFAULT_LLM_MODEL = "claude-sonnet-5-5"
+DEFAULT_PRICES: dict[str, LlmPrice] = {  # Anthropic's list prices; 5-minute cache writes
+    "claude-sonnet-5-5": LlmPrice(input_per_mtok=2.0, output_per_mtok=10.0, cache_read_per_mtok=0.20,
+                                  cache_write_per_mtok=2.50),
+    "claude-sonnet-5": LlmPrice(input_per_mtok=2.0, output_per_mtok=10.0, cache_read_per_mtok=0.20,
+                                cache_write_per_mtok=2.50),
+    "claude-sonnet-4-6": LlmPrice(input_per_mtok=3.0, output_per_mtok=15.0, cache_read_per_mtok=0.30,
+                                  cache_write_per_mtok=3.75),
+    "claude-haiku-4-5": LlmPrice(input_per_mtok=1.0, output_per_mtok=5.0, cache_read_per_mtok=0.10,
+                                 cache_write_per_mtok=1.25),
+}
+
+
+class LlmBudget(Model):
+    """Limits over every LLM call (decisions, `pulse ask`, summaries); 0 disables the LLM."""
+
+    calls_per_hour: int = Field(30, ge=0)
+    tokens_per_day: int = Field(500_000, ge=0)      # input + cached + output, last 24 h
+    usd_per_day: float = Field(1.0, ge=0)           # estimated from [llm.prices], last 24 h
+
+
+class LlmSection(Model):
+    """LLM decisions: on when `enabled` and the variable named by `api_key_env` is set."""
+
+    enabled: bool = True
+    provider: Literal["anthropic"] = "anthropic"
+    model: str = Field(DEFAULT_LLM_MODEL, min_length=1)
+    api_key_env: str = Field("ANTHROPIC_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    base_url: str | None = Field(None, pattern=r"^https?://")
+    timeout: Duration = 60.0
+    max_retries: int = Field(2, ge=0, le=10)
+    max_steps: int = Field(6, ge=1, le=20)
+    max_tokens: int = Field(4096, ge=256, le=32768)   # per reply, thinking included
+    effort: Literal["low", "medium", "high", "model"] = "medium"  # "model": send none, the model's default
+    ask_interval: Duration = 60.0
+    budget: LlmBudget = LlmBudget()
+    prices: dict[str, LlmPrice] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _priced(self) -> LlmSection:
+        if self.model not in self.price_table:
+            raise ValueError(f"no price for model {self.model!r}: add [llm.prices.\"{self.model}\"] with "
+                             "input_per_mtok, output_per_mtok, cache_read_per_mtok, cache_write_per_mtok "
+                             f"(known: {', '.join(sorted(self.price_table))})")
+        return self
+
+    @property
+    def price_table(self) -> dict[str, LlmPrice]:
+        return {**DEFAULT_PRICES, **self.prices}
+
+    @property
+    def price(self) -> LlmPrice:
+        return self.price_table[self.model]
+
+
 class ConfigFile(Model):
     """The shape of config.toml; every section is optional."""
 
@@ -99,6 +165,7 @@ class ConfigFile(Model):
     http: HttpSection = HttpSection()
     log: LogSection = LogSection()
     paths: PathsSection = PathsSection()
+    llm: LlmSection = LlmSection()
 
 
 @dataclass(frozen=True)
@@ -110,11 +177,25 @@ class Config:
     data_dir: Path
     folders: dict[str, Path]      # definition folder name -> directory actually used
     shipped: frozenset[str]       # folders that fall back to the shipped defaults
-    secrets: tuple[str, ...]      # values that must never be logged
+    secrets: tuple[str, ...] = field(repr=False)   # values that must never be logged
+    llm_key: str | None = field(default=None, repr=False)   # from the variable [llm] api_key_env names
+    llm_base_url: str | None = None                         # [llm] base_url, else $ANTHROPIC_BASE_URL
 
     @property
     def agent(self) -> AgentSection:
         return self.file.agent
+
+    @property
+    def llm_ready(self) -> bool:
+        """Whether decisions may ask the LLM (else the rules planner decides alone)."""
+        return self.file.llm.enabled and self.llm_key is not None
+
+    @property
+    def llm_note(self) -> str:
+        """Why the LLM is not used (empty when it is)."""
+        if not self.file.llm.enabled:
+            return "disabled ([llm] enabled = false)"
+        return "" if self.llm_key is not None else f"not configured (no {self.file.llm.api_key_env})"
 
     @property
     def db_path(self) -> Path:
@@ -202,7 +283,10 @@ def _resolve(parsed: ConfigFile, path: Path | None, env: Mapping[str, str], secr
             shipped.add(name)
         folders[name] = folder
     notify_secrets = tuple(u for u in parsed.notify.urls if u)
-    return Config(parsed, path, data_dir, folders, frozenset(shipped), secrets + notify_secrets)
+    llm_key = env.get(parsed.llm.api_key_env) or None
+    llm_base_url = parsed.llm.base_url or env.get("ANTHROPIC_BASE_URL") or None
+    return Config(parsed, path, data_dir, folders, frozenset(shipped),
+                  secrets + notify_secrets + ((llm_key,) if llm_key else ()), llm_key, llm_base_url)
 
 
 def _secret_values(raw: object, expanded: object) -> list[str]:

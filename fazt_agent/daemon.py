@@ -9,21 +9,18 @@ returns 0 — all within 5 seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-import socket
 import time
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, Awaitable, Callable, Coroutine
 
 from . import __version__
 from ._lock import DataDirLock
 from ._sdnotify import Notifier
 from .clock import iso
 from .config import Config
-from .errors import FaztAgentError
 from .event_types import AgentStarted, AgentStopped, PulseBeatInterrupted
 from .pulse.runner import BeatResult
 from .runtime import Runtime
@@ -43,6 +40,7 @@ class Daemon:
         self.after_beat: list[BeatHook] = []
         self.runtime: Runtime | None = None
         self.engine: Any = None
+        self._mcp: Any = None   # the /mcp endpoint (fazt_agent.mcp.http.McpMount)
         self._inflight: dict[asyncio.Task[None], tuple[str, datetime]] = {}
         self._started = time.monotonic()
         self._last_beat: BeatResult | None = None
@@ -106,11 +104,10 @@ class Daemon:
         if watchdog:
             watchdog.cancel()
         if server is not None and server_task is not None:
-            server.should_exit = True
-            try:
-                await asyncio.wait_for(server_task, 1.5)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                server_task.cancel()
+            from .web.app import stop
+
+            await self._mcp.aclose()  # ends MCP sessions, so their open streams do not hold the server
+            await stop(server, server_task)
         await rt.events.emit("agent.stopped", AgentStopped(
             reason=self._stop_reason, uptime_s=round(time.monotonic() - self._started, 3), interrupted=interrupted))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,40 +219,15 @@ class Daemon:
         return age < slack, details
 
     async def _start_http(self, rt: Runtime) -> tuple[Any, asyncio.Task[None] | None]:
+        """The control plane: /healthz, and /mcp (the MCP SDK loads on its first request)."""
         http = rt.config.file.http
         if not http.enabled:
             return None, None
-        import uvicorn
+        from .engine import Engine
+        from .mcp.http import McpMount, build
+        from .web.app import create_app, start
 
-        from .web.app import create_app
-
-        class _QuietServer(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:  # the daemon owns SIGTERM/SIGINT
-                yield
-
-            async def main_loop(self) -> None:
-                # uvicorn ticks every 0.1 s; once a second is enough here and halves idle CPU
-                counter = 0
-                while not await self.on_tick(counter) and not self.should_exit:
-                    counter = (counter + 10) % 864000
-                    await asyncio.sleep(1.0)
-
-        family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((http.host, http.port))
-        except OSError as e:
-            sock.close()
-            raise FaztAgentError(f"cannot listen on {http.listen} ([http] listen): {e.strerror or e}") from None
-        sock.set_inheritable(True)
-        config = uvicorn.Config(create_app(self.health), log_level="warning", access_log=False, lifespan="off")
-        server = _QuietServer(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if task.done():
-            raise FaztAgentError(f"the control plane on {http.listen} failed to start: {task.exception()}")
+        self._mcp = McpMount(lambda: build(rt, Engine(rt), http.host, http.port))
+        server, task = await start(create_app(self.health, mcp=self._mcp), http.host, http.port, "[http] listen")
         log.info("control plane on http://%s", http.listen)
         return server, task

@@ -91,6 +91,12 @@ def load_definitions(config: Config) -> Definitions:
     issues += kernel_issues
     policy, policy_issues = load_policy(config.folders["policies"], set(ACTIONS))
     issues += policy_issues
+    try:
+        from .decide.prompt import Prompts
+
+        Prompts.load(config.folders["prompts"])
+    except ConfigError as e:
+        issues += e.issues
     if issues:
         raise ConfigError(issues)
     return Definitions(checks=checks, files=files, policy=policy, kernel=kernel)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from pydantic import ValidationError
 
@@ -32,6 +32,9 @@ from .policy.evaluate import Judgement, judge
 from .policy.model import Policy, Rule, load_policy
 from .pulse.runner import BeatResult
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from .decide.llm import LlmDecider
 
 log = logging.getLogger(__name__)
 PAUSED_KEY = "agent.paused"
@@ -73,6 +76,7 @@ class Engine:
         self.executor = Executor(rt)
         self.spawn = spawn
         self._loaded = self._fingerprint()
+        self.llm: LlmDecider | None = None   # made at the first decision when [llm] is configured
 
     @property
     def policy(self) -> Policy:
@@ -108,8 +112,20 @@ class Engine:
             return "retry"
         return None
 
-    async def decide(self, incident: Incident, trigger: str) -> Decision:
-        """Ask the planner for a proposal on `incident` and put it through the gate."""
+    async def decide(self, incident: Incident, trigger: str) -> Decision | None:
+        """Decide on `incident`: by the LLM planner when it is configured (in the daemon as a task:
+        None is returned at once), else by the rules planner, which also decides whenever the LLM
+        cannot (failure, budget, a proposal the gate refuses)."""
+        if self.rt.config.llm_ready and not await self.paused():
+            if self.llm is None:
+                from .decide.llm import LlmDecider  # only an agent that uses the LLM imports it
+
+                self.llm = LlmDecider(self)
+            return await self.llm.submit(incident, trigger)
+        return await self.decide_by_rules(incident, trigger)
+
+    async def decide_by_rules(self, incident: Incident, trigger: str) -> Decision:
+        """Ask the rules planner for a proposal on `incident` and put it through the gate."""
         proposal = rules_planner(self.policy, incident)
         if proposal.error is not None or proposal.action is None:
             reason = proposal.reason
@@ -142,11 +158,11 @@ class Engine:
         return Evaluation(plan=plan, judgement=j)
 
     async def gate(self, proposal: Proposal, *, incident: Incident | None, trigger: str,
-                   requested_by: str = "agent") -> Decision:
-        """Validate, plan and judge one proposal; then act, ask, notify or deny."""
+                   requested_by: str = "agent", evaluation: Evaluation | None = None) -> Decision:
+        """Validate, plan and judge one proposal (unless `evaluation` did); then act, ask, notify or deny."""
         autonomy = await self.rt.autonomy()
         paused = await self.paused()
-        ev = await self.evaluate(proposal, incident, autonomy)
+        ev = evaluation or await self.evaluate(proposal, incident, autonomy)
         if ev.rejected is not None:
             return await self._reject(proposal, incident, trigger, ev.rejected)
         if ev.failed is not None:
@@ -161,6 +177,8 @@ class Engine:
         if trigger == "action_ineffective" and j.verdict != "act":
             j = replace(j, reason=f"the last action did not resolve it; {j.reason}")
         await self._record(trigger, proposal, incident, j, autonomy, plan.to_json(), paused)
+        if proposal.planner == "llm" and proposal.reason:  # the owner reads why the model proposed it
+            j = replace(j, reason=f"{j.reason}. Why it was proposed: {proposal.reason}")
         if paused:
             if incident is not None:
                 await self.incidents.mark_decided(incident.id, "paused")
@@ -171,13 +189,14 @@ class Engine:
         return decision
 
     async def notify_only(self, incident: Incident, trigger: str, reason: str, *, rule: Rule | None = None,
-                          record: bool = True) -> Decision:
+                          record: bool = True, proposal: Proposal | None = None) -> Decision:
         """No action to propose (or none possible): tell the owner, once per transition."""
         paused = await self.paused()
         if record:
             autonomy = await self.rt.autonomy()
             j = Judgement("notify", reason)
-            await self._record(trigger, Proposal(None, {}, rule, "rules", reason), incident, j, autonomy, None, paused)
+            await self._record(trigger, proposal or Proposal(None, {}, rule, "rules", reason), incident, j, autonomy,
+                               None, paused)
         if paused:
             await self.incidents.mark_decided(incident.id, "paused")
             return Decision("notify", f"{reason} (agent paused: recorded only)", paused=True)
@@ -190,8 +209,9 @@ class Engine:
         await self.rt.events.emit("decision.made", DecisionMade(
             trigger=trigger, planner=proposal.planner, autonomy=autonomy, verdict=j.verdict, reason=j.reason,
             policy_version=self.policy.version, rule=proposal.rule.name if proposal.rule else None,
-            action=proposal.action, args=proposal.args, plan=plan, paused=paused,
-            rationale=proposal.reason or None), source="engine", incident_id=incident.id if incident else None)
+            action=proposal.action, args=proposal.args, plan=plan, paused=paused, model=proposal.model,
+            usage=proposal.usage, rationale=proposal.reason or None), source="engine",
+            incident_id=incident.id if incident else None)
 
     async def _reject(self, proposal: Proposal, incident: Incident | None, trigger: str, reason: str) -> Decision:
         await self.rt.events.emit("decision.rejected", DecisionRejected(

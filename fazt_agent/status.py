@@ -33,5 +33,19 @@ async def gather_status(rt: Runtime) -> dict[str, Any]:
         "problems": [r.to_json() for r in results if r.status != "ok"],
         "config": str(rt.config.source) if rt.config.source else None,
         "data_dir": str(rt.config.data_dir),
+        "llm": await _llm(rt),
         "notes": notes,
     }
+
+
+async def _llm(rt: Runtime) -> dict[str, Any]:
+    """Whether decisions use the LLM, and its spending against the budget."""
+    section = rt.config.file.llm
+    if not rt.config.llm_ready:
+        return {"configured": False, "model": section.model,
+                "note": f"{rt.config.llm_note}: decisions use the rules planner"}
+    from .decide.budget import Budget
+
+    spent = await Budget(rt.store, rt.clock, section).spent()
+    return {"configured": True, "model": section.model, "spent": spent, "budget": section.budget.model_dump(),
+            "note": f"decisions by {section.model} under the policy gate (rules planner as fallback)"}

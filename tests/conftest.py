@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAZT_AGENT_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FAZT_AGENT_", "NOTIFY_SOCKET", "WATCHDOG_", "ANTHROPIC_"))}
     env.update(extra)
     return env
 

@@ -108,6 +108,13 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
     out.print(f"autonomy   {data['autonomy']}")
     last = data["last_beat"]
     out.print(f"last beat  {last['ts'] + ' (' + last['status'] + ')' if last else 'none yet'}")
+    llm = data["llm"]
+    out.print(f"llm        {llm['note']}")
+    if llm["configured"]:
+        spent, budget = llm["spent"], llm["budget"]
+        out.print(f"           {spent['calls_per_hour']}/{budget['calls_per_hour']} calls this hour, "
+                  f"{spent['tokens_per_day']}/{budget['tokens_per_day']} tokens and "
+                  f"${spent['usd_per_day']:.4f}/${budget['usd_per_day']:g} in 24 h")
     out.print(f"checks     {data['checks']} configured, {len(data['problems'])} not ok")
     for p in data["problems"]:
         target = f" {p['target']}" if p["target"] else ""

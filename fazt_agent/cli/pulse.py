@@ -14,17 +14,31 @@ SPARKS = "▁▂▃▄▅▆▇█"
 
 
 @app.command("status")
-def pulse_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def pulse_status(as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                 summary: bool = typer.Option(False, "--summary", help="Add a one-paragraph LLM summary "
+                                              "(made once per beat).")) -> None:
     """The newest result of every check and target."""
+    from ..decide.ask import LlmUnavailable
 
-    async def body() -> list[Any]:
+    async def body() -> tuple[list[Any], dict[str, Any] | None, str | None]:
         async with runtime() as rt:
             configured = {c.name for c in rt.pulse.checks}
-            return [(ts, r) for ts, r in await rt.beats.latest() if r.check in configured]
+            rows = [(ts, r) for ts, r in await rt.beats.latest() if r.check in configured]
+            if not summary or not rows:
+                return rows, None, None
+            from ..decide.ask import summary as summarise
 
-    rows = run(body)
+            try:
+                return rows, await summarise(rt), None
+            except LlmUnavailable as e:
+                return rows, None, str(e)
+
+    rows, text, problem = run(body)
+    if problem:
+        typer.secho(f"summary unavailable: {problem}", err=True, fg="yellow")
     if as_json:
-        print_json([{**r.to_json(), "ts": ts.isoformat()} for ts, r in rows])
+        data = [{**r.to_json(), "ts": ts.isoformat()} for ts, r in rows]
+        print_json({"results": data, "summary": text} if summary else data)
         return
     if not rows:
         typer.echo("no beats stored yet: run `fazt-agent beat` or start the daemon")
@@ -35,6 +49,25 @@ def pulse_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.
     for ts, r in rows:
         table.add_row(r.check, r.target, styled(r.status), r.message, f"{ts:%Y-%m-%d %H:%M:%S}")
     console().print(table)
+    if text:
+        console().print(f"\n{text['summary']}")
+
+
+@app.command("ask")
+def ask(question: str = typer.Argument(..., help="A question about the server, e.g. 'why is the disk filling?'"),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON (the answer, model and usage).")) -> None:
+    """Ask the LLM about the server; it answers from stored beats and events (rate limited)."""
+    from ..decide.ask import ask as ask_llm
+
+    async def body() -> dict[str, Any]:
+        async with runtime() as rt:
+            return await ask_llm(rt, question)
+
+    answer = run(body)  # not configured, too soon, over budget, failed: one line, exit 1
+    if as_json:
+        print_json(answer)
+        return
+    console().print(answer["answer"])
 
 
 @app.command("history")

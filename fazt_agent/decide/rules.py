@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..policy.model import Policy, Rule
@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Proposal:
-    """A candidate action (None: notify only) with its arguments and who proposed it."""
+    """A candidate action (None: notify only) with its arguments and who proposed it.
+
+    An LLM proposal also carries the model and its usage (tokens, cost, latency, tool calls).
+    """
 
     action: str | None
     args: dict[str, Any]
@@ -23,6 +26,8 @@ class Proposal:
     planner: str
     reason: str = ""
     error: str | None = None
+    model: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
 
 
 def _any(patterns: list[str], value: str) -> bool:

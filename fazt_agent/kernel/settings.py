@@ -3,8 +3,11 @@
     [cleanup]   destructive_above, destructive_files   (when a cleanup plan is "destructive")
     [service]   restart_command, status_command, timeout
     [[commands]] name, description, argv, risk, reversible, deletes, timeout, [commands.args.X]
+    [certs]     ACME defaults for every certificate (see certs/config.py)
+    [[certificates]] name, domains, cert_path, key_path, challenge, ... (one per certificate)
 
-Files load in name order. A key may be set in one file only, and a command name declared once.
+Files load in name order. A key may be set in one file only, and a command or certificate name
+declared once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .._toml import load_model, read_toml
+from ..certs.config import Certificate, CertificateSpec, CertsSettings, resolve
 from ..errors import ConfigError, Issue
 from ..units import Duration, Size
 from .base import Risk
@@ -216,6 +220,8 @@ class KernelFile(Model):
     cleanup: CleanupSettings | None = None
     service: ServiceSettings | None = None
     commands: list[CommandSpec] = []
+    certs: CertsSettings | None = None
+    certificates: list[CertificateSpec] = []
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,8 @@ class KernelSettings:
     cleanup: CleanupSettings = CleanupSettings()
     service: ServiceSettings = ServiceSettings()
     commands: tuple[CommandSpec, ...] = ()
+    certs: CertsSettings = CertsSettings()
+    certificates: tuple[Certificate, ...] = ()
     files: tuple[Path, ...] = ()
 
     def for_action(self, name: str) -> dict[str, Any]:
@@ -235,6 +243,8 @@ class KernelSettings:
             return self.service.model_dump()
         if name == "command":
             return {"commands": {c.name: c for c in self.commands}}
+        if name in ("ssl.renew", "ssl.provision"):
+            return {"certs": self.certs, "certificates": {c.name: c for c in self.certificates}}
         return {}
 
 
@@ -242,17 +252,18 @@ def load_kernel(folder: Path) -> tuple[KernelSettings, list[Issue]]:
     """Read and merge every `*.toml` of `folder`; a broken file is skipped and its issues returned."""
     files = sorted(p for p in folder.glob("*.toml") if not p.name.startswith(".")) if folder.is_dir() else []
     issues: list[Issue] = []
-    sections: dict[str, dict[str, Any]] = {"cleanup": {}, "service": {}}
+    sections: dict[str, dict[str, Any]] = {"cleanup": {}, "service": {}, "certs": {}}
     set_in: dict[str, Path] = {}
     declared_in: dict[str, Path] = {}
     commands: dict[str, CommandSpec] = {}
+    specs: dict[str, tuple[Path, int, CertificateSpec]] = {}
     for path in files:
         try:
             parsed = load_model(KernelFile, read_toml(path), str(path))
         except ConfigError as e:
             issues += e.issues
             continue
-        for section in ("cleanup", "service"):
+        for section in ("cleanup", "service", "certs"):
             table = getattr(parsed, section)
             for key in sorted(table.model_fields_set) if table else ():
                 dotted = f"{section}.{key}"
@@ -268,7 +279,21 @@ def load_kernel(folder: Path) -> tuple[KernelSettings, list[Issue]]:
                 continue
             commands[spec.name] = spec
             declared_in[spec.name] = path
+        for index, cert in enumerate(parsed.certificates):
+            if cert.name in specs:
+                issues.append(Issue(str(path), f"certificates[{index}].name", f"duplicate certificate name "
+                                    f"{cert.name!r} (also declared in {specs[cert.name][0]})"))
+                continue
+            specs[cert.name] = (path, index, cert)
+    certs = CertsSettings.model_validate(sections["certs"])
+    certificates = []
+    for path, index, cert in specs.values():
+        try:
+            certificates.append(resolve(cert, certs))
+        except ValueError as e:
+            issues.append(Issue(str(path), f"certificates[{index}]", str(e)))
     settings = KernelSettings(cleanup=CleanupSettings.model_validate(sections["cleanup"]),
                               service=ServiceSettings.model_validate(sections["service"]),
-                              commands=tuple(commands.values()), files=tuple(files))
+                              commands=tuple(commands.values()), certs=certs, certificates=tuple(certificates),
+                              files=tuple(files))
     return settings, issues

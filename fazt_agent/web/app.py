@@ -1,22 +1,83 @@
-"""The control-plane ASGI app (Starlette)."""
+"""The control-plane ASGI app (Starlette) and the uvicorn server that runs it."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import asyncio
+import contextlib
+import socket
+from typing import Any, Callable, Iterator
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from ..errors import FaztAgentError
 
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-def create_app(health: Health) -> Starlette:
-    """`health()` returns (healthy, details); /healthz answers 200 or 503 with the details."""
+def create_app(health: Health, *, mcp: ASGIApp | None = None) -> Starlette:
+    """`health()` returns (healthy, details); /healthz answers 200 or 503 with the details.
+    `mcp`, when given, serves /mcp (streamable HTTP)."""
 
     async def healthz(request: Request) -> JSONResponse:
         ok, details = health()
         return JSONResponse({"status": "ok" if ok else "unhealthy", **details}, status_code=200 if ok else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz, methods=["GET"])])
+    routes = [Route("/healthz", healthz, methods=["GET"])]
+    if mcp is not None:
+        routes.append(Route("/mcp", mcp))
+    return Starlette(routes=routes)
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers (the caller owns SIGTERM/SIGINT), ticking once a second."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def main_loop(self) -> None:
+        # uvicorn ticks every 0.1 s; once a second is enough here and halves idle CPU
+        counter = 0
+        while not await self.on_tick(counter) and not self.should_exit:
+            counter = (counter + 10) % 864000
+            await asyncio.sleep(1.0)
+
+
+async def start(app: ASGIApp, host: str, port: int, setting: str) -> tuple[QuietServer, asyncio.Task[None]]:
+    """Listen on host:port and serve `app` in a task; returns once it accepts connections.
+
+    Raises:
+        FaztAgentError: the address cannot be bound (`setting` names where it was configured).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it
+    # a response sent in two writes waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise FaztAgentError(f"cannot listen on {listen} ({setting}): {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if task.done():
+        raise FaztAgentError(f"the control plane on {listen} failed to start: {task.exception()}")
+    return server, task
+
+
+async def stop(server: uvicorn.Server, task: asyncio.Task[None], timeout: float = 1.5) -> None:
+    server.should_exit = True
+    try:
+        await asyncio.wait_for(task, timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        task.cancel()

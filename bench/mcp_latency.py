@@ -1,0 +1,157 @@
+"""MCP tool-call latency over streamable HTTP: `fazt_pulse_status` on the daemon's /mcp beside a bare
+`mcp` SDK server with one trivial tool, measured in the same run with the same client.
+
+Makes an ops folder with `fazt-agent init` (a free loopback port), starts `fazt-agent run`, waits for
+/healthz and one beat, notes the daemon's RSS, creates a read token with the CLI, and calls
+`fazt_pulse_status` with the `mcp` Python client (one session, the 2025-11-25 protocol that Claude
+Code and the TypeScript SDK speak; `--mode auto` for 2026-07-28). Each fazt call reads the latest
+results from SQLite, checks the token and scope, and appends an `mcp.call` event (one write
+transaction). The bare server is this script run as `--bare-server PORT`: `MCPServer` with a tool
+that returns "ok", served by the SDK's own `streamable_http_app` under uvicorn, no token. Warm-up
+calls first; then `--calls` sequential calls each: p50, p99, mean and calls per second, and the
+ratio fazt / bare. Also reported: the daemon's RSS before /mcp was first used and after the run
+(the SDK is imported on the first request). No target: exit 0 when every call succeeded, 1
+otherwise, 2 for bad arguments.
+
+    python bench/mcp_latency.py [--calls 500] [--warmup 50] [--mode legacy|auto] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import MB, clean_env, free_port, make_ops, percentile, print_json
+
+HERE = Path(__file__).resolve().parent
+
+
+def bare_server(port: int) -> None:
+    import uvicorn
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("bare", log_level="WARNING")
+
+    @server.tool()
+    def ping() -> str:
+        """Return ok."""
+        return "ok"
+
+    uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout:g}s")
+
+
+async def measure(url: str, token: str | None, tool: str, calls: int, warmup: int, mode: str) -> dict[str, Any]:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    failed = 0
+    times: list[float] = []
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+            for _ in range(warmup):
+                await client.call_tool(tool, {})
+            t_all = time.perf_counter()
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                result = await client.call_tool(tool, {})
+                times.append((time.perf_counter() - t0) * 1000)
+                failed += bool(result.is_error)
+            wall = time.perf_counter() - t_all
+    return {"tool": tool, "calls": calls, "failed": failed, "p50_ms": percentile(times, 50),
+            "p99_ms": percentile(times, 99), "mean_ms": sum(times) / len(times), "calls_per_s": calls / wall}
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / MB
+
+
+def run(calls: int, warmup: int, mode: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="fazt-bench-mcp-") as tmp:
+        ops = make_ops(Path(tmp), pulse_interval="60s")
+        cli = [sys.executable, "-m", "fazt_agent", "--config", str(ops.config)]
+        daemon = subprocess.Popen([*cli, "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=clean_env(), cwd=ops.dir)
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, str(HERE / "mcp_latency.py"), "--bare-server", str(bare_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+        try:
+            wait_http(f"http://127.0.0.1:{ops.port}/healthz", daemon)
+            wait_http(f"http://127.0.0.1:{bare_port}/mcp", bare)
+            time.sleep(3)   # the first beat and its writes settle
+            before = rss_mb(daemon.pid)
+            token = subprocess.run([*cli, "tokens", "create", "bench", "--scope", "read"], capture_output=True,
+                                   text=True, check=True, env=clean_env()).stdout.strip()
+            fazt = asyncio.run(measure(f"http://127.0.0.1:{ops.port}/mcp", token, "fazt_pulse_status",
+                                       calls, warmup, mode))
+            after = rss_mb(daemon.pid)
+            base = asyncio.run(measure(f"http://127.0.0.1:{bare_port}/mcp", None, "ping", calls, warmup, mode))
+        finally:
+            for proc in (daemon, bare):
+                proc.terminate()
+                proc.wait(10)
+    return {"mode": mode, "fazt": fazt, "bare": base,
+            "ratio_p50": fazt["p50_ms"] / base["p50_ms"], "ratio_p99": fazt["p99_ms"] / base["p99_ms"],
+            "ratio_calls_per_s": fazt["calls_per_s"] / base["calls_per_s"],
+            "daemon_rss_mb": {"before_first_mcp_call": before, "after_calls": after},
+            "ok": fazt["failed"] == 0 and base["failed"] == 0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="MCP tool-call latency: fazt_pulse_status vs a bare SDK server.")
+    parser.add_argument("--calls", type=int, default=500, help="measured calls per server")
+    parser.add_argument("--warmup", type=int, default=50, help="calls before measuring")
+    parser.add_argument("--mode", choices=["legacy", "auto"], default="legacy",
+                        help="legacy: 2025-11-25 sessions (Claude Code, TypeScript SDK); auto: 2026-07-28")
+    parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = parser.parse_args(argv)
+    if args.bare_server:
+        bare_server(args.bare_server)
+        return 0
+    if args.calls < 10 or args.warmup < 0:
+        parser.error("--calls must be at least 10 and --warmup not negative")
+    report = run(args.calls, args.warmup, args.mode)
+    if args.json:
+        print_json(report)
+    else:
+        print(f"MCP over streamable HTTP ({report['mode']} protocol), {args.calls} sequential calls each:")
+        rows = (("fazt_pulse_status on /mcp", report["fazt"]), ("bare SDK server, trivial tool", report["bare"]))
+        for label, r in rows:
+            print(f"  {label:30} p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
+                  f"{r['calls_per_s']:7.1f} calls/s  ({r['failed']} failed)")
+        print(f"  ratio fazt/bare: p50 {report['ratio_p50']:.2f}x, p99 {report['ratio_p99']:.2f}x, "
+              f"throughput {report['ratio_calls_per_s']:.2f}x")
+        rss = report["daemon_rss_mb"]
+        print(f"  daemon RSS: {rss['before_first_mcp_call']:.1f} MiB before /mcp was used, "
+              f"{rss['after_calls']:.1f} MiB after the calls")
+        print("  no target: reported for the record")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
