@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from ._common import EXIT_PROBLEM, console, print_json, run, runtime, styled
+from .loop import report_decision
 
 certs_app = typer.Typer(help="TLS certificates: inventory, expiry, renewal.", no_args_is_help=True)
 KINDS = ("cert_file", "tls")
@@ -52,16 +53,4 @@ def certs_renew(name: str = typer.Argument(..., help="A [[certificates]] name fr
             return await e.gate(Proposal("ssl.renew", {"name": name}, None, "manual", "requested on the command line"),
                                 incident=None, trigger="manual", requested_by="cli")
 
-    d = run(body)
-    ok = d.verdict == "act" and bool(d.outcome and d.outcome["ok"])
-    if as_json:
-        print_json(d.to_json())
-    elif d.verdict == "act":
-        typer.echo(f"{'done' if ok else 'FAILED'}: {d.plan['summary']}: {d.outcome['message'] if d.outcome else ''}")
-    elif d.verdict == "ask":
-        typer.echo(f"the policy asks for approval ({d.reason}): halt {d.halt_id}\n"
-                   f"approve with: fazt-agent approve {d.halt_id}")
-    else:
-        typer.echo(f"not run: {d.verdict}: {d.reason}")
-    if not ok and d.verdict != "ask":
-        raise typer.Exit(EXIT_PROBLEM)
+    report_decision(run(body), as_json)

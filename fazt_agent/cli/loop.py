@@ -280,19 +280,22 @@ def actions_run(name: str = typer.Argument(...), arg: list[str] = typer.Option([
             return await e.gate(Proposal(name, args, None, "manual", "requested on the command line"),
                                 incident=None, trigger="manual", requested_by="cli")
 
-    d = run(body)
+    report_decision(run(body), as_json)
+
+
+def report_decision(d: Any, as_json: bool) -> None:
+    """Print what the gate decided about a manual proposal; exit 1 unless it ran or asks."""
+    ok = d.verdict == "act" and bool(d.outcome and d.outcome["ok"])
     if as_json:
         print_json(d.to_json())
     elif d.verdict == "act":
-        ok = d.outcome and d.outcome["ok"]
         typer.echo(f"{'done' if ok else 'FAILED'}: {d.plan['summary']}: {d.outcome['message'] if d.outcome else ''}")
     elif d.verdict == "ask":
         typer.echo(f"the policy asks for approval ({d.reason}): halt {d.halt_id}\n"
                    f"approve with: fazt-agent approve {d.halt_id}")
     else:
         typer.echo(f"not run: {d.verdict}: {d.reason}")
-    ok = d.verdict == "ask" or (d.verdict == "act" and d.outcome and d.outcome["ok"])
-    raise typer.Exit(0 if ok else EXIT_PROBLEM)
+    raise typer.Exit(0 if ok or d.verdict == "ask" else EXIT_PROBLEM)
 
 
 # -- halts ----------------------------------------------------------------------------------
