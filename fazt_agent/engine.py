@@ -291,7 +291,9 @@ class Engine:
         await self.executor.notifications.deliver_due(self.clock.now())
 
     async def reconcile(self) -> None:
-        """After a crash: actions left running are interrupted; their incidents get a fresh verdict."""
+        """At start: incidents of checks no longer configured are resolved; actions left running by
+        a crash are interrupted and their incidents get a fresh verdict."""
+        await self.incidents.resolve_orphans({c.name for c in self.rt.pulse.checks})
         for incident_id in await self.executor.interrupt_running():
             incident = await self.incidents.get(incident_id) if incident_id else None
             if incident is not None and incident.status == "open":

@@ -157,6 +157,23 @@ class IncidentStore:
             out.append((t, incident))
         return out
 
+    async def resolve_orphans(self, configured: set[str]) -> list[Incident]:
+        """Resolve open incidents whose check was removed from the configuration (else they stay open)."""
+        now = self.clock.now()
+        closed = []
+        for incident in (await self.open_incidents()).values():
+            if incident.check in configured:
+                continue
+            message = f"check {incident.check!r} is no longer configured"
+            changed = await self.store.execute(
+                "UPDATE incidents SET status='resolved', message=?, updated_at=?, resolved_at=? "
+                "WHERE id=? AND status='open'", (message, iso(now), iso(now), incident.id))
+            if changed:
+                resolved = replace(incident, status="resolved", message=message, updated_at=now, resolved_at=now)
+                await self._event("incident.resolved", resolved, incident.severity)
+                closed.append(resolved)
+        return closed
+
     async def mark_decided(self, incident_id: int, verdict: str, *, retry_at: datetime | None = None) -> None:
         """Remember the verdict (and when a held-back action may be decided again)."""
         await self.store.execute(

@@ -201,3 +201,23 @@ def test_no_plan_above_the_levels_allowed_risk_is_ever_act(rule, plan, level, sc
         assert plan.risk == "safe" or level == "high"
         assert plan.risk != "costly" and not (plan.deletes and plan.risk != "safe")
         assert not plan.noop
+
+
+async def test_an_incident_of_a_check_removed_from_the_config_is_resolved_at_start(ops: Ops, clock: FakeClock,
+                                                                                   junk: Path) -> None:
+    fill(junk, 10)
+    rt = await Runtime.open(load_config(ops.config), clock=clock)
+    try:
+        await turn(Engine(rt))
+    finally:
+        await rt.close()
+    ops.write_pulse("other", f'[[checks]]\nname = "other"\nkind = "dir_size"\npath = "{junk}"\n')  # "junk" is gone
+    rt = await Runtime.open(load_config(ops.config), clock=clock)
+    try:
+        engine = Engine(rt)
+        await engine.reconcile()
+        [incident] = await engine.incidents.list()
+        assert incident.status == "resolved" and "no longer configured" in incident.message
+        assert len(await types(engine, "incident.resolved")) == 1
+    finally:
+        await rt.close()
