@@ -24,7 +24,7 @@ from .errors import ActionError
 from .definitions import toml_files
 from .event_types import DecisionFailed, DecisionMade, DecisionRejected, PolicyRejected, PolicyReloaded
 from .executor import Executor
-from .incidents import Incident, IncidentStore, transitions
+from .incidents import Incident, transitions
 from .kernel import ACTIONS
 from .kernel.base import Plan
 from .kernel.settings import load_kernel
@@ -72,8 +72,8 @@ class Engine:
     def __init__(self, rt: Runtime, *, spawn: Spawn | None = None):
         self.rt = rt
         self.clock = rt.clock
-        self.incidents = IncidentStore(rt.store, rt.events, rt.clock)
         self.executor = Executor(rt)
+        self.incidents = self.executor.incidents
         self.spawn = spawn
         self._loaded = self._fingerprint()
         self.llm: LlmDecider | None = None   # made at the first decision when [llm] is configured

@@ -7,7 +7,6 @@ and an unknown kind or misspelt key fails at load time with the file and key nam
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, ClassVar, Literal, Protocol, TypeVar
@@ -20,7 +19,6 @@ from ..units import Duration
 Status = Literal["ok", "warning", "critical", "unknown"]
 SEVERITY: dict[str, int] = {"ok": 0, "unknown": 1, "warning": 2, "critical": 3}
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-_NAME = re.compile(NAME_PATTERN)
 
 
 def worst(statuses: list[str]) -> Status:
