@@ -15,10 +15,32 @@ import pytest
 import tomli_w
 
 
+_PORT_BLOCK = 2000  # ports per pytest-xdist worker, below the kernel's ephemeral range
+_port_cursor = 0
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody is listening on, never the same one twice in a test run.
+
+    Asking the kernel for port 0 and closing the socket can hand out the same port again
+    before its first user binds it (two pebble listeners met that way). Ports therefore come
+    from a block of their own per xdist worker, below the ephemeral range (32768+) that the
+    kernel uses for outgoing connections, and each is checked by binding it.
+    """
+    global _port_cursor
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    start = 20000 + (index % 6) * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = start + _port_cursor % _PORT_BLOCK
+        _port_cursor += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {start}..{start + _PORT_BLOCK - 1}")
 
 
 def base_env(**extra: str) -> dict[str, str]:
