@@ -9,9 +9,11 @@ results from SQLite, checks the token and scope, and appends an `mcp.call` event
 transaction). The bare server is this script run as `--bare-server PORT`: `MCPServer` with a tool
 that returns "ok", served by the SDK's own `streamable_http_app` under uvicorn, no token. Warm-up
 calls first; then `--calls` sequential calls each: p50, p99, mean and calls per second, and the
-ratio fazt / bare. Also reported: the daemon's RSS before /mcp was first used and after the run
-(the SDK is imported on the first request). No target: exit 0 when every call succeeded, 1
-otherwise, 2 for bad arguments.
+ratio fazt / bare. The daemon serves /mcp through a worker process that starts at the first
+request and stops when idle (`[http] mcp_idle`, 5 s here): also reported are the time of the first
+call (worker start, session, call), the daemon's and the worker's RSS after the calls, and the
+daemon's RSS before /mcp was used and after the worker stopped. No target: exit 0 when every call
+succeeded, 1 otherwise, 2 for bad arguments.
 
     python bench/mcp_latency.py [--calls 500] [--warmup 50] [--mode legacy|auto] [--json]
 """
@@ -24,8 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from _common import MB, clean_env, free_port, make_ops, percentile, print_json
 
@@ -90,9 +95,31 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / MB
 
 
+def worker_pid(port: int) -> int | None:
+    import httpx
+
+    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["mcp_worker_pid"]
+
+
+async def first_call(url: str, token: str) -> float:
+    """Milliseconds from nothing running to the first result: worker start, session, call."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    t0 = time.perf_counter()
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http)) as client:
+            await client.call_tool("fazt_pulse_status", {})
+            return (time.perf_counter() - t0) * 1000
+
+
 def run(calls: int, warmup: int, mode: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fazt-bench-mcp-") as tmp:
         ops = make_ops(Path(tmp), pulse_interval="60s")
+        config = tomllib.loads(ops.config.read_text())
+        config["http"]["mcp_idle"] = "5s"
+        ops.config.write_text(tomli_w.dumps(config))
         cli = [sys.executable, "-m", "fazt_agent", "--config", str(ops.config)]
         daemon = subprocess.Popen([*cli, "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   env=clean_env(), cwd=ops.dir)
@@ -106,9 +133,16 @@ def run(calls: int, warmup: int, mode: str) -> dict[str, Any]:
             before = rss_mb(daemon.pid)
             token = subprocess.run([*cli, "tokens", "create", "bench", "--scope", "read"], capture_output=True,
                                    text=True, check=True, env=clean_env()).stdout.strip()
-            fazt = asyncio.run(measure(f"http://127.0.0.1:{ops.port}/mcp", token, "fazt_pulse_status",
-                                       calls, warmup, mode))
+            url = f"http://127.0.0.1:{ops.port}/mcp"
+            cold = asyncio.run(first_call(url, token))
+            fazt = asyncio.run(measure(url, token, "fazt_pulse_status", calls, warmup, mode))
             after = rss_mb(daemon.pid)
+            pid = worker_pid(ops.port)
+            worker = rss_mb(pid) if pid else float("nan")
+            deadline = time.monotonic() + 30
+            while worker_pid(ops.port) is not None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            stopped = rss_mb(daemon.pid)
             base = asyncio.run(measure(f"http://127.0.0.1:{bare_port}/mcp", None, "ping", calls, warmup, mode))
         finally:
             for proc in (daemon, bare):
@@ -117,7 +151,9 @@ def run(calls: int, warmup: int, mode: str) -> dict[str, Any]:
     return {"mode": mode, "fazt": fazt, "bare": base,
             "ratio_p50": fazt["p50_ms"] / base["p50_ms"], "ratio_p99": fazt["p99_ms"] / base["p99_ms"],
             "ratio_calls_per_s": fazt["calls_per_s"] / base["calls_per_s"],
-            "daemon_rss_mb": {"before_first_mcp_call": before, "after_calls": after},
+            "first_call_ms": cold,
+            "rss_mb": {"daemon_before_first_mcp_call": before, "daemon_after_calls": after,
+                       "worker_after_calls": worker, "daemon_after_worker_stopped": stopped},
             "ok": fazt["failed"] == 0 and base["failed"] == 0}
 
 
@@ -146,9 +182,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['calls_per_s']:7.1f} calls/s  ({r['failed']} failed)")
         print(f"  ratio fazt/bare: p50 {report['ratio_p50']:.2f}x, p99 {report['ratio_p99']:.2f}x, "
               f"throughput {report['ratio_calls_per_s']:.2f}x")
-        rss = report["daemon_rss_mb"]
-        print(f"  daemon RSS: {rss['before_first_mcp_call']:.1f} MiB before /mcp was used, "
-              f"{rss['after_calls']:.1f} MiB after the calls")
+        rss = report["rss_mb"]
+        print(f"  first call (worker start + session + call): {report['first_call_ms']:.0f} ms")
+        print(f"  daemon RSS: {rss['daemon_before_first_mcp_call']:.1f} MiB before /mcp was used, "
+              f"{rss['daemon_after_calls']:.1f} MiB after the calls, "
+              f"{rss['daemon_after_worker_stopped']:.1f} MiB once the idle worker stopped")
+        print(f"  worker RSS after the calls: {rss['worker_after_calls']:.1f} MiB")
         print("  no target: reported for the record")
     return 0 if report["ok"] else 1
 

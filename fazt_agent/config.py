@@ -61,6 +61,7 @@ class HttpSection(Model):
     listen: str = "127.0.0.1:7070"
     allowed_hosts: list[str] = Field(default_factory=list)     # more Host values /mcp accepts ("HOST:PORT")
     allowed_origins: list[str] = Field(default_factory=list)   # more Origin values ("https://HOST")
+    mcp_idle: Duration = 900.0   # stop the MCP worker process after this long without requests; 0 = never
 
     @field_validator("listen")
     @classmethod

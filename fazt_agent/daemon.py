@@ -40,7 +40,7 @@ class Daemon:
         self.after_beat: list[BeatHook] = []
         self.runtime: Runtime | None = None
         self.engine: Any = None
-        self._mcp: Any = None   # the /mcp endpoint (fazt_agent.mcp.http.McpMount)
+        self._mcp: Any = None   # the /mcp endpoint (fazt_agent.mcp.worker.McpWorker)
         self._inflight: dict[asyncio.Task[None], tuple[str, datetime]] = {}
         self._started = time.monotonic()
         self._last_beat: BeatResult | None = None
@@ -106,7 +106,7 @@ class Daemon:
         if server is not None and server_task is not None:
             from .web.app import stop
 
-            await self._mcp.aclose()  # ends MCP sessions, so their open streams do not hold the server
+            await self._mcp.aclose()  # stops the MCP worker, so open streams do not hold the server
             await stop(server, server_task)
         await rt.events.emit("agent.stopped", AgentStopped(
             reason=self._stop_reason, uptime_s=round(time.monotonic() - self._started, 3), interrupted=interrupted))
@@ -162,6 +162,8 @@ class Daemon:
         try:
             await self.engine.reload_policy()
             await self.engine.sweep()
+            if self._mcp is not None:
+                await self._mcp.reap()
         except Exception:  # supervisor boundary
             log.exception("housekeeping failed")
 
@@ -209,7 +211,8 @@ class Daemon:
         interval = self.runtime.config.file.pulse.interval
         slack = 3 * interval + self.runtime.config.file.pulse.timeout
         now = time.monotonic()
-        details: dict[str, Any] = {"version": __version__, "uptime_s": round(now - self._started, 1)}
+        details: dict[str, Any] = {"version": __version__, "uptime_s": round(now - self._started, 1),
+                                   "mcp_worker_pid": self._mcp.pid if self._mcp is not None else None}
         if self._last_beat is None or self._last_beat_mono is None:
             details["last_beat"] = None
             return now - self._started < slack, details
@@ -219,15 +222,14 @@ class Daemon:
         return age < slack, details
 
     async def _start_http(self, rt: Runtime) -> tuple[Any, asyncio.Task[None] | None]:
-        """The control plane: /healthz, and /mcp (the MCP SDK loads on its first request)."""
+        """The control plane: /healthz, and /mcp (a worker process started at its first request)."""
         http = rt.config.file.http
         if not http.enabled:
             return None, None
-        from .engine import Engine
-        from .mcp.http import McpMount, build
+        from .mcp.worker import McpWorker
         from .web.app import create_app, start
 
-        self._mcp = McpMount(lambda: build(rt, Engine(rt), http.host, http.port))
+        self._mcp = McpWorker(rt.config, http.listen, http.mcp_idle)
         server, task = await start(create_app(self.health, mcp=self._mcp), http.host, http.port, "[http] listen")
         log.info("control plane on http://%s", http.listen)
         return server, task

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
@@ -15,12 +15,16 @@ tokens_app = typer.Typer(help="Bearer tokens for the MCP server over HTTP.", no_
 @mcp_app.command("serve")
 def serve(stdio: bool = typer.Option(False, "--stdio", help="Speak MCP on stdin/stdout (a client's `command`)."),
           http: bool = typer.Option(False, "--http", help="Serve /mcp over streamable HTTP on its own."),
-          listen: str = typer.Option("127.0.0.1:7071", "--listen", help="HOST:PORT for --http.")) -> None:
+          listen: str = typer.Option("127.0.0.1:7071", "--listen", help="HOST:PORT for --http."),
+          worker: Optional[str] = typer.Option(None, "--worker", hidden=True,
+                                               help="The daemon's /mcp worker for clients of HOST:PORT.")) -> None:
     """Run the MCP server on the configured data dir, whether or not the daemon runs.
 
     Stdio trusts the local user (admin scope). HTTP needs a bearer token (`fazt-agent tokens create`);
     the daemon also serves /mcp on its control plane ([http] listen).
     """
+    if worker is not None:
+        http, listen = True, "127.0.0.1:0"
     if stdio == http:
         fail("choose one transport: --stdio or --http", code=EXIT_USAGE)
     config = load()
@@ -33,17 +37,25 @@ def serve(stdio: bool = typer.Option(False, "--stdio", help="Speak MCP on stdin/
 
     try:
         section = HttpSection(listen=listen)
+        public = HttpSection(listen=worker) if worker is not None else None
     except ValidationError:
-        fail(f"expected --listen HOST:PORT such as 127.0.0.1:7071, got {listen!r}", code=EXIT_USAGE)
+        fail(f"expected HOST:PORT such as 127.0.0.1:7071, got {worker if worker is not None else listen!r}",
+             code=EXIT_USAGE)
     from .. import logs
     from ..mcp.http import serve as serve_http
 
     logs.setup(config.file.log.level, config.file.log.format)
 
+    def ready(url: str) -> None:
+        if public is None:
+            typer.echo(f"MCP server on {url} (Ctrl-C stops it)", err=True)
+        else:  # the daemon reads this line (mcp.worker.READY)
+            print(f"listening {url.removeprefix('http://').removesuffix('/mcp')}", flush=True)
+
     async def body() -> None:
         async with runtime(config) as rt:
-            await serve_http(rt, section.host, section.port,
-                             ready=lambda url: typer.echo(f"MCP server on {url} (Ctrl-C stops it)", err=True))
+            await serve_http(rt, section.host, section.port, ready=ready,
+                             public=(public.host, public.port) if public is not None else None)
 
     run(body)
 

@@ -1,5 +1,5 @@
-"""MCP over streamable HTTP at /mcp: the ASGI app, mounted lazily on the daemon's control plane
-or served on its own by `fazt-agent mcp serve --http`.
+"""MCP over streamable HTTP at /mcp: the ASGI app, served by `fazt-agent mcp serve --http` and by
+the daemon's MCP worker process (`mcp serve --worker`, see `mcp.worker`).
 
 A request passes, in order: the Host/Origin check against DNS rebinding (421/403), the bearer
 token (401), then the SDK's transport with a 1 MiB body limit (413). The SDK (about 30 MB of
@@ -121,8 +121,13 @@ class McpMount:
                 log.warning("the MCP session manager did not stop within %gs", timeout)
 
 
-async def serve(rt: Runtime, host: str, port: int, *, ready: Callable[[str], None]) -> None:
+async def serve(rt: Runtime, host: str, port: int, *, ready: Callable[[str], None],
+                public: tuple[str, int] | None = None) -> None:
     """`mcp serve --http`: /mcp (and /healthz) on host:port until SIGTERM or SIGINT.
+
+    `public` is the address clients use when this is the daemon's worker (`mcp.worker`): Host and
+    Origin are checked against it, and the server also stops when its stdin closes (the daemon is
+    gone). `ready` gets the URL actually served (port 0 means any free port).
 
     Raises:
         FaztAgentError: the address cannot be bound.
@@ -130,13 +135,17 @@ async def serve(rt: Runtime, host: str, port: int, *, ready: Callable[[str], Non
     from ..engine import Engine
     from ..web.app import create_app, start, stop
 
-    mount = McpMount(lambda: build(rt, Engine(rt), host, port))
-    app = create_app(lambda: (True, {"mcp": "standalone"}), mcp=mount)
+    seen_host, seen_port = public or (host, port)
+    mount = McpMount(lambda: build(rt, Engine(rt), seen_host, seen_port))
+    app = create_app(lambda: (True, {"mcp": "worker" if public else "standalone"}), mcp=mount)
     server, task = await start(app, host, port, "--listen")
+    port = server.servers[0].sockets[0].getsockname()[1]
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
+    if public:
+        _stop_on_eof(loop, done)
     ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp")
     try:
         waiter = asyncio.create_task(done.wait())
@@ -147,3 +156,19 @@ async def serve(rt: Runtime, host: str, port: int, *, ready: Callable[[str], Non
             loop.remove_signal_handler(sig)
         await mount.aclose()
         await stop(server, task)
+
+
+def _stop_on_eof(loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:
+    """Set `done` when stdin reaches its end: the parent closed it, or died."""
+    import sys
+    import threading
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        loop.call_soon_threadsafe(done.set)
+
+    threading.Thread(target=watch, name="stdin-eof", daemon=True).start()

@@ -1,0 +1,122 @@
+"""The daemon's /mcp runs in a worker process: started at the first request, stopped when idle,
+replaced when it dies, never outliving the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from typing import Any, Iterator
+
+import httpx
+import psutil
+import pytest
+
+from _mcp import create_token, events, http_client, listen, mcp_url, start_daemon, stop_process, wait_until
+from conftest import Ops
+
+
+@pytest.fixture
+def daemon(ops: Ops) -> Iterator[subprocess.Popen[str]]:
+    ops.set_config("http", "mcp_idle", "2s")
+    proc = start_daemon(ops)
+    yield proc
+    if proc.poll() is None:
+        code, _, err = stop_process(proc)
+        assert code == 0, err
+
+
+def worker_pid(ops: Ops) -> int | None:
+    return httpx.get(f"http://{listen(ops)}/healthz", timeout=5).json()["mcp_worker_pid"]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def status(ops: Ops, token: str) -> dict[str, Any]:
+    async with http_client(mcp_url(ops), token) as client:
+        result = await client.call_tool("fazt_pulse_status", {})
+    assert not result.is_error, result.content
+    return result.structured_content
+
+
+async def test_the_worker_starts_at_the_first_request_and_stops_when_idle(ops: Ops, daemon: Any) -> None:
+    token = create_token(ops, "laptop", "read")
+    assert worker_pid(ops) is None            # nothing started before /mcp is used
+    await status(ops, token)
+    pid = worker_pid(ops)
+    assert pid is not None and psutil.Process(pid).ppid() == daemon.pid
+    assert "mcp" in psutil.Process(pid).cmdline() and "--worker" in psutil.Process(pid).cmdline()
+    wait_until("the idle worker to stop", lambda: gone(pid) and worker_pid(ops) is None, timeout=20)
+    await status(ops, token)                  # a new session on a new worker
+    again = worker_pid(ops)
+    assert again is not None and again != pid
+    calls = events(ops, "mcp.call")
+    assert [c["data"]["tool"] for c in calls] == ["fazt_pulse_status", "fazt_pulse_status"]
+
+
+async def test_a_worker_that_dies_is_replaced_at_the_next_request(ops: Ops, daemon: Any) -> None:
+    token = create_token(ops, "laptop", "read")
+    await status(ops, token)
+    pid = worker_pid(ops)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until("the worker to die", lambda: gone(pid))
+    await status(ops, token)
+    assert worker_pid(ops) not in (None, pid)
+    assert daemon.poll() is None
+
+
+async def test_the_worker_keeps_the_checks_a_request_passes_through(ops: Ops, daemon: Any) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    refused = httpx.post(mcp_url(ops), headers=headers, content=body, timeout=10)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+    rebinding = httpx.post(mcp_url(ops), headers={**headers, "Host": "evil.example:80"}, content=body, timeout=10)
+    assert rebinding.status_code == 421
+    token = create_token(ops, "laptop", "read")
+    big = httpx.post(mcp_url(ops), headers={**headers, "Authorization": f"Bearer {token}"},
+                     content=b"x" * (1024 * 1024 + 10), timeout=10)
+    assert big.status_code == 413
+
+
+def test_the_worker_does_not_outlive_the_daemon_even_after_sigkill(ops: Ops) -> None:
+    ops.set_config("http", "mcp_idle", "0s")  # never idle: only the daemon's end can stop it
+    proc = start_daemon(ops)
+    try:
+        token = create_token(ops, "laptop", "read")
+        response = httpx.post(mcp_url(ops), headers={
+            "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+            "Authorization": f"Bearer {token}"}, content=json.dumps({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"}}}), timeout=30)
+        assert response.status_code == 200, response.text
+        pid = worker_pid(ops)
+        assert pid is not None
+        proc.kill()
+        proc.wait()
+        wait_until("the orphaned worker to exit", lambda: gone(pid), timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_stopping_the_daemon_stops_its_worker(ops: Ops, daemon: Any) -> None:
+    token = create_token(ops, "laptop", "read")
+    response = httpx.post(mcp_url(ops), headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {token}"}, content=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+        timeout=30)
+    assert response.status_code in (200, 400), response.text   # any answer means the worker runs
+    pid = worker_pid(ops)
+    assert pid is not None
+    code, elapsed, err = stop_process(daemon)
+    assert code == 0 and elapsed < 5, err
+    assert gone(pid)
