@@ -140,6 +140,18 @@ async def test_command_timeout_is_unknown_and_kills_the_plugin_and_its_children(
     assert gone(child_pid), "the plugin's child survived the timeout"
 
 
+async def test_a_plugin_that_leaves_a_child_holding_its_output_is_not_waited_for(tmp_path):
+    pids = tmp_path / "pids"
+    plugin = script(tmp_path, f"sleep 30 &\necho $! > {pids}\necho 'OK - served|latency=12ms'\nexit 0")
+    start = time.monotonic()
+    try:
+        [result] = await run({"command": [plugin]}, timeout=10)
+        assert time.monotonic() - start < 5, "the check waited for the plugin's background child"
+        assert (result.status, result.message, result.metrics) == ("ok", "OK - served", {"latency_seconds": 0.012})
+    finally:
+        os.kill(int(pids.read_text()), 9)
+
+
 async def test_command_missing_executable_is_unknown_with_a_clear_message(tmp_path):
     missing = str(tmp_path / "check_nothing")
     [result] = await run({"command": [missing, "-w", "1"]})

@@ -9,22 +9,21 @@ Monitoring-Plugins means them), % -> `<label>_percent`, c -> `<label>_total`, no
 Items that cannot be read (another unit, `U`, a bad number) are listed in details under
 `perfdata_ignored`, never an error.
 
-The argv runs without a shell, in its own process group; the group is killed and the plugin
-reaped when the check is cancelled (the runner's timeout).
+The argv runs without a shell, in its own process group (`_proc.output`); the group is killed
+and the plugin reaped when the check is cancelled (the runner's timeout). Output goes to files,
+not pipes, so a plugin that leaves a background child holding stdout is not waited for.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import re
-import signal
-from asyncio.subprocess import DEVNULL, PIPE
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from .. import _proc
 from ..errors import CheckError
 from .base import Check, CheckConfig, CheckContext, CheckResult, Status, check
 
@@ -122,22 +121,11 @@ class CommandCheck(Check):
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         c = self.config
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *c.command, stdin=DEVNULL, stdout=PIPE, stderr=PIPE, cwd=c.cwd,
-                env={**os.environ, **c.env} if c.env else None, start_new_session=True)
+            code, out, err = await _proc.output(c.command, cwd=c.cwd, env={**os.environ, **c.env} if c.env else None)
         except OSError as e:
             where = f": {e.filename!r}" if e.filename and e.filename != c.command[0] else ""
             raise CheckError(f"cannot run {c.command[0]!r}: {e.strerror}{where}") from e
-        try:
-            out, err = await proc.communicate()
-        finally:
-            if proc.returncode is None:  # cancelled: take the plugin and its children down
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                await asyncio.shield(proc.wait())
-        return [self._verdict(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))]
+        return [self._verdict(code, out, err)]
 
     def _verdict(self, code: int, out: str, err: str) -> CheckResult:
         message, long_output, perfdata = split_output(out if out.strip() else err)
