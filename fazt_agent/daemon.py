@@ -222,14 +222,18 @@ class Daemon:
         return age < slack, details
 
     async def _start_http(self, rt: Runtime) -> tuple[Any, asyncio.Task[None] | None]:
-        """The control plane: /healthz, and /mcp (a worker process started at its first request)."""
+        """The control plane: /healthz, /metrics, and /mcp (a worker process started at its first request)."""
         http = rt.config.file.http
         if not http.enabled:
             return None, None
+        from .mcp.auth import TokenStore
         from .mcp.worker import McpWorker
         from .web.app import create_app, start
+        from .web.metrics import MetricsEndpoint
 
         self._mcp = McpWorker(rt.config, http.listen, http.mcp_idle)
-        server, task = await start(create_app(self.health, mcp=self._mcp), http.host, http.port, "[http] listen")
+        metrics = MetricsEndpoint(rt, TokenStore(rt.store, rt.events, rt.clock))
+        server, task = await start(create_app(self.health, mcp=self._mcp, metrics=metrics), http.host, http.port,
+                                   "[http] listen")
         log.info("control plane on http://%s", http.listen)
         return server, task

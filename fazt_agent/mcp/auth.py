@@ -162,7 +162,7 @@ class BearerAuth:
         kind, _, secret = Headers(scope=scope).get("authorization", "").partition(" ")
         token = await self.tokens.verify(secret.strip()) if kind.lower() == "bearer" and secret else None
         if token is None:
-            await _unauthorized(send, given=bool(kind))
+            await unauthorized(send, given=bool(kind))
             return
         user = self._user(token)
         reset = self._var.set(user)
@@ -172,7 +172,8 @@ class BearerAuth:
             self._var.reset(reset)
 
 
-async def _unauthorized(send: Send, *, given: bool) -> None:
+async def unauthorized(send: Send, *, given: bool) -> None:
+    """401 with a Bearer challenge (RFC 6750) and a JSON body that says what to send."""
     if given:
         challenge = 'Bearer realm="fazt-agent", error="invalid_token", error_description="unknown or revoked token"'
         body = b'{"error":"invalid_token","error_description":"unknown or revoked token"}'

@@ -19,9 +19,9 @@ from ..errors import FaztAgentError
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-def create_app(health: Health, *, mcp: ASGIApp | None = None) -> Starlette:
+def create_app(health: Health, *, mcp: ASGIApp | None = None, metrics: ASGIApp | None = None) -> Starlette:
     """`health()` returns (healthy, details); /healthz answers 200 or 503 with the details.
-    `mcp`, when given, serves /mcp (streamable HTTP)."""
+    `mcp`, when given, serves /mcp (streamable HTTP); `metrics`, /metrics (Prometheus)."""
 
     async def healthz(request: Request) -> JSONResponse:
         ok, details = health()
@@ -30,6 +30,8 @@ def create_app(health: Health, *, mcp: ASGIApp | None = None) -> Starlette:
     routes = [Route("/healthz", healthz, methods=["GET"])]
     if mcp is not None:
         routes.append(Route("/mcp", mcp))
+    if metrics is not None:
+        routes.append(Route("/metrics", metrics))
     return Starlette(routes=routes)
 
 
