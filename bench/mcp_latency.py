@@ -9,7 +9,8 @@ results from SQLite, checks the token and scope, and appends an `mcp.call` event
 transaction). The bare server is this script run as `--bare-server PORT`: `MCPServer` with a tool
 that returns "ok", served by the SDK's own `streamable_http_app` under uvicorn, no token. Warm-up
 calls first; then `--calls` sequential calls each: p50, p99, mean and calls per second, and the
-ratio fazt / bare. The daemon serves /mcp through a worker process that starts at the first
+ratio fazt / bare; the same tool on a standalone `fazt-agent mcp serve --http` (the worker's own
+server without the daemon's hop in front) shows what that hop costs. The daemon serves /mcp through a worker process that starts at the first
 request and stops when idle (`[http] mcp_idle`, 5 s here): also reported are the time of the first
 call (worker start, session, call), the daemon's and the worker's RSS after the calls, and the
 daemon's RSS before /mcp was used and after the worker stopped. No target: exit 0 when every call
@@ -126,9 +127,13 @@ def run(calls: int, warmup: int, mode: str) -> dict[str, Any]:
         bare_port = free_port()
         bare = subprocess.Popen([sys.executable, str(HERE / "mcp_latency.py"), "--bare-server", str(bare_port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+        direct_port = free_port()
+        direct = subprocess.Popen([*cli, "mcp", "serve", "--http", "--listen", f"127.0.0.1:{direct_port}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(), cwd=ops.dir)
         try:
             wait_http(f"http://127.0.0.1:{ops.port}/healthz", daemon)
             wait_http(f"http://127.0.0.1:{bare_port}/mcp", bare)
+            wait_http(f"http://127.0.0.1:{direct_port}/healthz", direct)
             time.sleep(3)   # the first beat and its writes settle
             before = rss_mb(daemon.pid)
             token = subprocess.run([*cli, "tokens", "create", "bench", "--scope", "read"], capture_output=True,
@@ -144,17 +149,20 @@ def run(calls: int, warmup: int, mode: str) -> dict[str, Any]:
                 time.sleep(0.2)
             stopped = rss_mb(daemon.pid)
             base = asyncio.run(measure(f"http://127.0.0.1:{bare_port}/mcp", None, "ping", calls, warmup, mode))
+            standalone = asyncio.run(measure(f"http://127.0.0.1:{direct_port}/mcp", token, "fazt_pulse_status",
+                                             calls, warmup, mode))
         finally:
-            for proc in (daemon, bare):
+            for proc in (daemon, bare, direct):
                 proc.terminate()
                 proc.wait(10)
-    return {"mode": mode, "fazt": fazt, "bare": base,
+    return {"mode": mode, "fazt": fazt, "bare": base, "standalone": standalone,
+            "worker_hop_p50_ms": fazt["p50_ms"] - standalone["p50_ms"],
             "ratio_p50": fazt["p50_ms"] / base["p50_ms"], "ratio_p99": fazt["p99_ms"] / base["p99_ms"],
             "ratio_calls_per_s": fazt["calls_per_s"] / base["calls_per_s"],
             "first_call_ms": cold,
             "rss_mb": {"daemon_before_first_mcp_call": before, "daemon_after_calls": after,
                        "worker_after_calls": worker, "daemon_after_worker_stopped": stopped},
-            "ok": fazt["failed"] == 0 and base["failed"] == 0}
+            "ok": fazt["failed"] == 0 and base["failed"] == 0 and standalone["failed"] == 0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,13 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         print_json(report)
     else:
         print(f"MCP over streamable HTTP ({report['mode']} protocol), {args.calls} sequential calls each:")
-        rows = (("fazt_pulse_status on /mcp", report["fazt"]), ("bare SDK server, trivial tool", report["bare"]))
+        rows = (("fazt_pulse_status on /mcp", report["fazt"]), ("bare SDK server, trivial tool", report["bare"]),
+                ("same, mcp serve --http", report["standalone"]))
         for label, r in rows:
             print(f"  {label:30} p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
                   f"{r['calls_per_s']:7.1f} calls/s  ({r['failed']} failed)")
         print(f"  ratio fazt/bare: p50 {report['ratio_p50']:.2f}x, p99 {report['ratio_p99']:.2f}x, "
               f"throughput {report['ratio_calls_per_s']:.2f}x")
         rss = report["rss_mb"]
+        print(f"  the daemon's hop to its worker: p50 +{report['worker_hop_p50_ms']:.2f} ms "
+              "(fazt_pulse_status on /mcp minus on `mcp serve --http`)")
         print(f"  first call (worker start + session + call): {report['first_call_ms']:.0f} ms")
         print(f"  daemon RSS: {rss['daemon_before_first_mcp_call']:.1f} MiB before /mcp was used, "
               f"{rss['daemon_after_calls']:.1f} MiB after the calls, "

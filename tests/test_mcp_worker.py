@@ -120,3 +120,27 @@ def test_stopping_the_daemon_stops_its_worker(ops: Ops, daemon: Any) -> None:
     code, elapsed, err = stop_process(daemon)
     assert code == 0 and elapsed < 5, err
     assert gone(pid)
+
+
+def test_many_open_streams_do_not_starve_other_requests(ops: Ops, daemon: Any) -> None:
+    token = create_token(ops, "laptop", "read")
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "Authorization": f"Bearer {token}"}
+    init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+    with httpx.Client(timeout=20) as client:
+        streams = []
+        try:
+            for _ in range(16):   # each open GET stream holds a connection to the worker
+                session = client.post(mcp_url(ops), headers=headers, content=init).headers["mcp-session-id"]
+                stream = client.stream("GET", mcp_url(ops), headers={
+                    **headers, "Accept": "text/event-stream", "Mcp-Session-Id": session,
+                    "Mcp-Protocol-Version": "2025-11-25"})
+                response = stream.__enter__()
+                streams.append(stream)
+                assert response.status_code == 200
+            answer = client.post(mcp_url(ops), headers=headers, content=init)
+            assert answer.status_code == 200 and answer.headers["mcp-session-id"]
+        finally:
+            for stream in streams:
+                stream.__exit__(None, None, None)
