@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import tomli_w
 
 
 _PORT_BLOCK = 2000  # ports per pytest-xdist worker, below the kernel's ephemeral range
-_port_cursor = 0
+_port_cursor = random.randrange(_PORT_BLOCK)  # two test runs at once start at different places
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -144,3 +145,14 @@ def test_many_open_streams_do_not_starve_other_requests(ops: Ops, daemon: Any) -
         finally:
             for stream in streams:
                 stream.__exit__(None, None, None)
+
+
+def test_a_worker_never_serves_another_data_dir_than_the_daemons(ops: Ops, daemon: Any, tmp_path: Path) -> None:
+    token = create_token(ops, "laptop", "read")
+    ops.set_config("agent", "data_dir", str(tmp_path / "elsewhere"))   # edited after the daemon started
+    refused = httpx.post(mcp_url(ops), headers={"Authorization": f"Bearer {token}"}, content=b"{}", timeout=30)
+    assert refused.status_code == 503
+    message = refused.json()["error"]
+    assert message.startswith("the MCP worker did not start") and "restart the daemon" in message
+    assert str(tmp_path / "elsewhere") in message and not (tmp_path / "elsewhere").exists()
+    assert worker_pid(ops) is None and daemon.poll() is None

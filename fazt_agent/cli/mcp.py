@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -17,7 +18,10 @@ def serve(stdio: bool = typer.Option(False, "--stdio", help="Speak MCP on stdin/
           http: bool = typer.Option(False, "--http", help="Serve /mcp over streamable HTTP on its own."),
           listen: str = typer.Option("127.0.0.1:7071", "--listen", help="HOST:PORT for --http."),
           worker: Optional[str] = typer.Option(None, "--worker", hidden=True,
-                                               help="The daemon's /mcp worker for clients of HOST:PORT.")) -> None:
+                                               help="The daemon's /mcp worker for clients of HOST:PORT."),
+          daemon_data_dir: Optional[Path] = typer.Option(None, "--daemon-data-dir", hidden=True,
+                                                         help="The data dir of the daemon that starts this worker.")
+          ) -> None:
     """Run the MCP server on the configured data dir, whether or not the daemon runs.
 
     Stdio trusts the local user (admin scope). HTTP needs a bearer token (`fazt-agent tokens create`);
@@ -28,6 +32,12 @@ def serve(stdio: bool = typer.Option(False, "--stdio", help="Speak MCP on stdin/
     if stdio == http:
         fail("choose one transport: --stdio or --http", code=EXIT_USAGE)
     config = load()
+    if daemon_data_dir is not None and config.data_dir.resolve() != daemon_data_dir.resolve():
+        # the config file was edited since the daemon started: never serve another data dir on its /mcp
+        message = (f"{config.source}: [agent] data_dir is now {str(config.data_dir)!r} but the daemon runs on "
+                   f"{str(daemon_data_dir)!r}; restart the daemon to use the new one")
+        print(f"error {message}", flush=True)   # the daemon reads this line (mcp.worker.READY's place)
+        fail(message, code=EXIT_USAGE)
     if stdio:
         run(lambda: _stdio(config))
         return

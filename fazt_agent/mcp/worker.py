@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 3.0
 READY = "listening "   # the worker's first stdout line: "listening 127.0.0.1:PORT"
+FAILED = "error "      # ... or why it cannot serve this daemon
 MAX_BODY = 1024 * 1024  # the worker enforces it (413); we read at most one byte more
 # hop-by-hop headers (RFC 9110 7.6.1), and the length, which is set again for the body passed on
 _REQUEST_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
@@ -53,7 +54,7 @@ def worker_argv(config: Config, public: str) -> list[str]:
     argv = [sys.executable, "-m", "fazt_agent"]
     if config.source is not None:
         argv += ["--config", str(config.source)]
-    return argv + ["mcp", "serve", "--worker", public]
+    return argv + ["mcp", "serve", "--worker", public, "--daemon-data-dir", str(config.data_dir)]
 
 
 class McpWorker:
@@ -140,7 +141,9 @@ class McpWorker:
             line = ""
         if not line.startswith(READY):
             await _end(proc)
-            raise FaztAgentError(f"the MCP worker did not start (exit code {proc.returncode}; its log is above)")
+            reason = line[len(FAILED):].strip() if line.startswith(FAILED) else \
+                f"exit code {proc.returncode}; its log is above"
+            raise FaztAgentError(f"the MCP worker did not start ({reason})")
         self._proc = proc
         self._base = f"http://{line[len(READY):].strip()}"
         # httpcore (h11 and anyio, both loaded already) rather than httpx: 0.7 MB instead of 5 MB.
@@ -194,7 +197,9 @@ class McpWorker:
                 await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if pump.done() and pump.result():
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    await gone   # no cancellation on the common path: it leaves garbage cycles behind
+                    # uvicorn answers the pending receive() once the response is complete; no
+                    # cancellation on this common path, as that leaves garbage cycles behind
+                    await asyncio.wait({gone}, timeout=5)
             finally:
                 for task in (pump, gone):
                     if not task.done():
