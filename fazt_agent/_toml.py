@@ -174,6 +174,7 @@ def _message(err: Any, parent: Any) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if "input" in err and kind not in ("literal_error",) and not isinstance(err["input"], (dict, list)):
+    if "input" in err and kind not in ("literal_error",) and not isinstance(err["input"], (dict, list)) \
+            and f"got {err['input']!r}" not in msg:   # our validators often say it already
         return f"{msg} (got {err['input']!r})"
     return msg

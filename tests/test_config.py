@@ -56,6 +56,7 @@ def test_wrong_types_are_reported_per_key(ops: Ops) -> None:
     assert result.returncode == 2
     assert f"{ops.config}:pulse.interval: expected a duration like '60s'" in result.stderr
     assert f"{ops.config}:http.listen: expected HOST:PORT" in result.stderr
+    assert result.stderr.count("'soon'") == 1 and result.stderr.count("'7070'") == 1   # said once each
 
 
 def test_invalid_toml_names_the_file_and_line(ops: Ops) -> None:
