@@ -132,8 +132,11 @@ class McpWorker:
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
         t0 = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(*self.argv, stdin=asyncio.subprocess.PIPE,
-                                                    stdout=asyncio.subprocess.PIPE, env=env)
+        try:
+            proc = await asyncio.create_subprocess_exec(*self.argv, stdin=asyncio.subprocess.PIPE,
+                                                        stdout=asyncio.subprocess.PIPE, env=env)
+        except OSError as e:
+            raise FaztAgentError(f"cannot start the MCP worker {self.argv[0]!r}: {e.strerror or e}") from None
         assert proc.stdout is not None
         try:
             line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)).decode(errors="replace")
