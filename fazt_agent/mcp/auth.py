@@ -159,10 +159,9 @@ class BearerAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        kind, _, secret = Headers(scope=scope).get("authorization", "").partition(" ")
-        token = await self.tokens.verify(secret.strip()) if kind.lower() == "bearer" and secret else None
+        token = await bearer(scope, self.tokens)
         if token is None:
-            await unauthorized(send, given=bool(kind))
+            await unauthorized(send, given="authorization" in Headers(scope=scope))
             return
         user = self._user(token)
         reset = self._var.set(user)
@@ -170,6 +169,12 @@ class BearerAuth:
             await self.app({**scope, "user": user}, receive, send)
         finally:
             self._var.reset(reset)
+
+
+async def bearer(scope: Scope, tokens: TokenStore) -> Token | None:
+    """The active token of a request's `Authorization: Bearer fzt_...` header, or None."""
+    kind, _, secret = Headers(scope=scope).get("authorization", "").partition(" ")
+    return await tokens.verify(secret.strip()) if kind.lower() == "bearer" and secret else None
 
 
 async def unauthorized(send: Send, *, given: bool) -> None:

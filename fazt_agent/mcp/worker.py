@@ -22,12 +22,13 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import FaztAgentError
+from .http import MAX_BODY   # the worker enforces it (413); we read at most one byte more
 
 if TYPE_CHECKING:
     import httpcore
@@ -40,7 +41,6 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 3.0
 READY = "listening "   # the worker's first stdout line: "listening 127.0.0.1:PORT"
 FAILED = "error "      # ... or why it cannot serve this daemon
-MAX_BODY = 1024 * 1024  # the worker enforces it (413); we read at most one byte more
 # hop-by-hop headers (RFC 9110 7.6.1), and the length, which is set again for the body passed on
 _REQUEST_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
                  b"upgrade", b"content-length"}

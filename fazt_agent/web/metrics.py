@@ -126,17 +126,15 @@ class MetricsEndpoint:
         self.rt, self.tokens = rt, tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from ..mcp.auth import unauthorized
+        from ..mcp.auth import bearer, unauthorized
 
         if scope["type"] != "http":
             return
         if scope["method"] not in ("GET", "HEAD"):
             await _send(send, 405, b"use GET\n", [(b"allow", b"GET, HEAD")])
             return
-        kind, _, secret = Headers(scope=scope).get("authorization", "").partition(" ")
-        token = await self.tokens.verify(secret.strip()) if kind.lower() == "bearer" and secret else None
-        if token is None:
-            await unauthorized(send, given=bool(kind))
+        if await bearer(scope, self.tokens) is None:
+            await unauthorized(send, given="authorization" in Headers(scope=scope))
             return
         body = (await render(self.rt)).encode()
         await _send(send, 200, b"" if scope["method"] == "HEAD" else body, [(b"content-type", CONTENT_TYPE)],
