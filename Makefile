@@ -10,7 +10,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# `make run` installs only what the daemon needs; `make test` adds the test extra (pytest, the
+# Node wheel for the MCP conformance suite: 200 MB the daemon never uses).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -30,10 +36,10 @@ tests/js/node_modules/.package-lock.json: tests/js/package-lock.json tests/js/pa
 	npm ci --prefix tests/js --no-audit --no-fund
 	touch $@
 
-test: system-deps $(VENV)/.installed tests/js/node_modules/.package-lock.json
+test: system-deps $(VENV)/.installed-test tests/js/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -n 2 -q --timeout 300
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run_all.py
 
 clean:

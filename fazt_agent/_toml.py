@@ -23,6 +23,13 @@ M = TypeVar("M", bound=BaseModel)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def toml_files(folder: Path) -> list[Path]:
+    """The `*.toml` files of a definition folder, sorted by name (the load order)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix == ".toml" and not p.name.startswith("."))
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse one TOML file.
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._toml import load_model, read_toml
+from ._toml import load_model, read_toml, toml_files
 from .config import Config
 from .errors import ConfigError, Issue
 from .kernel import ACTIONS
@@ -43,13 +43,6 @@ def pulse_file_model() -> type[BaseModel]:
         checks: list[CheckUnion] = Field(default_factory=list)  # type: ignore[valid-type]
 
     return PulseFile
-
-
-def toml_files(folder: Path) -> list[Path]:
-    """The `*.toml` files of a folder, sorted by name (the load order)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix == ".toml" and not p.name.startswith("."))
 
 
 def load_checks(folder: Path) -> tuple[list[Check], list[Path], list[Issue]]:
@@ -89,7 +82,7 @@ def load_definitions(config: Config) -> Definitions:
     issues += pulse_issues
     kernel, kernel_issues = load_kernel(config.folders["kernel"])
     issues += kernel_issues
-    policy, policy_issues = load_policy(config.folders["policies"], set(ACTIONS))
+    policy, policy_issues = load_policy(config.folders["policies"], set(ACTIONS), set(CHECKS))
     issues += policy_issues
     try:
         from .decide.prompt import Prompts

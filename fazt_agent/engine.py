@@ -12,60 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from pydantic import ValidationError
 
+from ._toml import toml_files
 from .clock import iso
 from .decide.rules import Proposal, rules_planner
+from .decision import Decision, Evaluation
 from .errors import ActionError
-from .definitions import toml_files
 from .event_types import DecisionFailed, DecisionMade, DecisionRejected, PolicyRejected, PolicyReloaded
 from .executor import Executor
 from .incidents import Incident, transitions
 from .kernel import ACTIONS
-from .kernel.base import Plan
 from .kernel.settings import load_kernel
 from .policy.evaluate import Judgement, judge
 from .policy.model import Policy, Rule, load_policy
+from .pulse import CHECKS
 from .pulse.runner import BeatResult
-from .runtime import Runtime
+from .runtime import PAUSED_KEY, Runtime
 
 if TYPE_CHECKING:
     from .decide.llm import LlmDecider
 
 log = logging.getLogger(__name__)
-PAUSED_KEY = "agent.paused"
 Spawn = Callable[[str, Coroutine[Any, Any, None]], None]
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The gate's judgement before anything happens: a plan and verdict, or why there is none."""
-
-    plan: Plan | None = None
-    judgement: Judgement | None = None
-    rejected: str | None = None   # the proposal breaks the schema or the constraints
-    failed: str | None = None     # the action could not plan
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the gate decided about one proposal, and what followed."""
-
-    verdict: str
-    reason: str
-    plan: dict[str, Any] | None = None
-    halt_id: int | None = None
-    action_id: int | None = None
-    outcome: dict[str, Any] | None = None
-    paused: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "reason": self.reason, "plan": self.plan, "halt_id": self.halt_id,
-                "action_id": self.action_id, "outcome": self.outcome, "paused": self.paused}
 
 
 class Engine:
@@ -74,6 +47,7 @@ class Engine:
         self.clock = rt.clock
         self.executor = Executor(rt)
         self.incidents = self.executor.incidents
+        self.host = self.executor.host
         self.spawn = spawn
         self._loaded = self._fingerprint()
         self.llm: LlmDecider | None = None   # made at the first decision when [llm] is configured
@@ -183,10 +157,9 @@ class Engine:
             if incident is not None:
                 await self.incidents.mark_decided(incident.id, "paused")
             return Decision(j.verdict, f"{j.reason} (agent paused: recorded only)", plan.to_json(), paused=True)
-        decision = await self.executor.dispatch(j, plan, proposal.rule, incident, requested_by, self.spawn)
-        if incident is not None:
+        if incident is not None:  # before dispatch: a failed action sets the next retry_at afterwards
             await self.incidents.mark_decided(incident.id, j.verdict, retry_at=j.retry_at)
-        return decision
+        return await self.executor.dispatch(j, plan, proposal.rule, incident, requested_by, self.spawn)
 
     async def notify_only(self, incident: Incident, trigger: str, reason: str, *, rule: Rule | None = None,
                           record: bool = True, proposal: Proposal | None = None) -> Decision:
@@ -235,17 +208,50 @@ class Engine:
         return True
 
     async def set_autonomy(self, level: str, *, by: str) -> str:
-        """Persist a new autonomy level and record the change. Returns the old level."""
-        from .runtime import AUTONOMY_KEY
+        """Set the autonomy level at run time and record the change. Returns the old level.
 
-        old = await self.rt.autonomy()
-        if old != level:
-            await self.rt.store.set_setting(AUTONOMY_KEY, level)
-            await self.rt.events.emit("autonomy.changed", {"old": old, "new": level, "by": by}, source=by)
-            # open incidents get a fresh decision on the next beat, under the new level
+        The level overrides the config file's until `[agent] autonomy` is edited there (recorded
+        with who and when, shown by `status`); setting the file's own level clears the override.
+        """
+        from .runtime import Override
+
+        state = await self.rt.autonomy_state()
+        if state.level == level:
+            return state.level
+        if level == state.config:
+            await self.rt.set_autonomy_override(None)
+            note = "the config file's level again (the override is cleared)"
+        else:
+            await self.rt.set_autonomy_override(Override(level, by, iso(self.clock.now()), state.config))  # type: ignore[arg-type]
+            note = f"overrides the config file's {state.config} until [agent] autonomy is edited there"
+        await self._autonomy_changed(state.level, level, by, note)
+        return state.level
+
+    async def follow_config_autonomy(self, before: str, after: str) -> bool:
+        """The config file's `[agent] autonomy` was edited from `before` to `after` (the daemon watches
+        it): the file wins over an override set before the edit, which is cleared. Returns True when
+        something changed (then recorded as `autonomy.changed` by `config`)."""
+        override = await self.rt.autonomy_override()
+        if override is not None and override.config == after:
+            return False   # set after the edit: it already overrides the new level
+        old = override.level if override is not None and override.config in (None, before) else before
+        note = f"[agent] autonomy edited in the config file from {before} to {after}"
+        if override is not None:
+            await self.rt.set_autonomy_override(None)
+            note += (f"; the override to {override.level} (set by {override.by or 'an owner command'}"
+                     f"{' at ' + override.at if override.at else ''}) is cleared")
+        elif old == after:
+            return False
+        await self._autonomy_changed(old, after, "config", note)
+        return True
+
+    async def _autonomy_changed(self, old: str, new: str, by: str, note: str) -> None:
+        from .event_types import AutonomyChanged
+
+        await self.rt.events.emit("autonomy.changed", AutonomyChanged(old=old, new=new, by=by, note=note), source=by)
+        if old != new:  # open incidents get a fresh decision on the next beat, under the new level
             await self.rt.store.execute("UPDATE incidents SET retry_at = ? WHERE status = 'open'",
                                         (iso(self.clock.now()),))
-        return old
 
     # -- housekeeping --------------------------------------------------------------------
 
@@ -269,7 +275,7 @@ class Engine:
         if fingerprint == self._loaded:
             return False
         self._loaded = fingerprint
-        policy, issues = load_policy(self.rt.config.folders["policies"], set(ACTIONS))
+        policy, issues = load_policy(self.rt.config.folders["policies"], set(ACTIONS), set(CHECKS))
         kernel, kernel_issues = load_kernel(self.rt.config.folders["kernel"])
         issues += kernel_issues
         if issues:

@@ -1,9 +1,15 @@
 """Carrying out verdicts: running actions (with crash-safe records), opening and answering
 halts, telling the owner.
 
-Every action run is a row in `actions` (running -> succeeded | failed | interrupted) written
-before `apply` starts, so a daemon killed mid-apply finds it on restart. A halt runs its plan
-at most once: the executing process claims it with a conditional UPDATE.
+Every action run is a row in `actions` (running -> succeeded | ineffective | failed | interrupted)
+written before `apply` starts, so a daemon killed mid-apply finds it on restart. `ineffective`:
+apply went without error but changed nothing (every planned file was gone), which is never
+reported as done. A halt runs its plan at most once: the executing process claims it with a
+conditional UPDATE.
+
+A failed safe action the agent took on an incident is decided again with backoff while the
+incident stays open ([defaults] retry_backoff, retry_attempts); the attempts are the failed rows
+of the incident in `actions`. The owner hears of the first failure and of the last, not of each.
 """
 
 from __future__ import annotations
@@ -19,17 +25,18 @@ from pydantic import ValidationError
 
 from . import messages
 from .clock import iso, parse_iso
+from .decision import Decision
 from .errors import ActionError, FaztAgentError
-from .event_types import ActionData, HaltReplanned
-from .halt.store import Halt, HaltStore
+from .event_types import ActionData, ActionRetriesExhausted, ActionRetryScheduled, HaltReplanned
+from .halt.store import Halt, HaltError, HaltStore
 from .incidents import Incident, IncidentStore
 from .kernel import ACTIONS, Action, ActionContext, Constraints, Outcome, Plan
 from .notify import Notifications
-from .policy.evaluate import History, Judgement
+from .policy.evaluate import History, Judgement, retry_delay
 from .policy.model import Policy, Rule
+from .units import format_duration
 
 if TYPE_CHECKING:
-    from .engine import Decision
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -67,7 +74,11 @@ class Executor:
             data_dir=self.rt.config.data_dir)
 
     async def history(self, rule: Rule | None, incident: Incident | None) -> History:
-        """Earlier actions of `rule`: the last on this incident's check/target, and the count in its window."""
+        """Earlier actions of `rule`: the last on this incident's check/target, and the count in its window.
+
+        A failed action counts against the window but starts no cooldown: its retries follow
+        [defaults] retry_backoff instead (a cooldown of an hour would hold a retry due in 5 min).
+        """
         if rule is None:
             return History()
         window = rule.window if rule.window is not None else self.policy.defaults.window
@@ -79,7 +90,7 @@ class Executor:
         if incident is not None:
             last = await self.rt.store.scalar(
                 "SELECT MAX(a.created_at) FROM actions a JOIN incidents i ON a.incident_id = i.id "
-                "WHERE a.rule = ? AND a.state != 'interrupted' AND i.check_name = ? AND i.target = ?",
+                "WHERE a.rule = ? AND a.state NOT IN ('interrupted', 'failed') AND i.check_name = ? AND i.target = ?",
                 (rule.name, incident.check, incident.target))
         return History(last_action_at=parse_iso(last) if last else None, actions_in_window=count or 0)
 
@@ -87,8 +98,6 @@ class Executor:
 
     async def dispatch(self, j: Judgement, plan: Plan, rule: Rule | None, incident: Incident | None,
                        requested_by: str, spawn: Spawn | None) -> Decision:
-        from .engine import Decision
-
         if j.verdict == "act":
             action_id = await self._start(plan, rule, incident, None, requested_by)
             if spawn is not None:
@@ -96,13 +105,28 @@ class Executor:
                 return Decision("act", j.reason, plan.to_json(), action_id=action_id)
             outcome = await self._finish(action_id, plan, incident)
             return Decision("act", j.reason, plan.to_json(), action_id=action_id,
-                            outcome={"ok": outcome.ok, "message": outcome.message, "details": outcome.details})
+                            outcome={"ok": _state(outcome) == "succeeded", "changed": outcome.changed,
+                                     "state": _state(outcome),
+                                     "message": outcome.message, "details": outcome.details})
         if j.verdict == "ask":
             halt = await self.open_halt(plan, j.reason, rule, incident)
+            if incident is not None:
+                await self._supersede(halt, incident)
             return Decision("ask", j.reason, plan.to_json(), halt_id=halt.id)
         if incident is not None and not j.quiet:
             await self.tell(incident, j.reason, plan)
         return Decision(j.verdict, j.reason, plan.to_json())
+
+    async def _supersede(self, halt: Halt, incident: Incident) -> None:
+        """A new question about an incident (it worsened while a halt waited) withdraws the older
+        ones, so the owner has one request per incident to answer, at its current severity."""
+        for older in await self.halts.list(status="pending"):
+            if older.incident_id == incident.id and older.id != halt.id:
+                try:
+                    await self.halts.cancel(older.id, f"superseded by halt #{halt.id} "
+                                                      f"(the incident is {incident.severity} now)")
+                except HaltError:
+                    pass  # answered or expired meanwhile: that answer stands
 
     async def tell(self, incident: Incident, reason: str, plan: Plan | None = None) -> None:
         title, body = messages.incident_notice(incident, reason, self.personality, self.host, plan)
@@ -158,17 +182,59 @@ class Executor:
         except Exception as e:  # supervisor boundary: one broken action never breaks the daemon
             log.exception("action %s failed", plan.action)
             outcome = Outcome(False, f"{type(e).__name__}: {e}")
-        await self._set_state(action_id, "succeeded" if outcome.ok else "failed", outcome)
-        await self._event("action.succeeded" if outcome.ok else "action.failed", action_id, plan, incident,
-                          outcome.message, outcome.details)
-        title, body = messages.action_report(plan.summary, outcome.ok, outcome.message, incident, self.host)
-        await self.notifications.notify(title, body, severity="info" if outcome.ok else "warning",
-                                        incident_id=incident.id if incident else None)
-        if incident is not None and outcome.ok:
-            rule = self.policy.rule((await self._row(action_id))["rule"] or "")
+        state = _state(outcome)
+        await self._set_state(action_id, state, outcome)
+        await self._event(f"action.{state}", action_id, plan, incident, outcome.message, outcome.details)
+        row = await self._row(action_id)
+        told = outcome.message
+        if state == "failed" and incident is not None and plan.risk == "safe" and row["halt_id"] is None:
+            told = await self._retry_later(action_id, plan, incident, outcome)
+        elif state == "succeeded" and incident is not None:
+            failures = await self._failures(incident.id)
+            if failures:
+                told += f" (after {failures} failed attempt{'s' if failures != 1 else ''})"
+        if told is not None:
+            title, body = messages.action_report(plan.summary, outcome.ok, told, incident, self.host,
+                                                 changed=outcome.changed)
+            await self.notifications.notify(title, body, severity="info" if state == "succeeded" else "warning",
+                                            incident_id=incident.id if incident else None)
+        if incident is not None and state == "succeeded":
+            rule = self.policy.rule(row["rule"] or "")
             verify = rule.verify_after if rule and rule.verify_after is not None else self.policy.defaults.verify_after
             await self.incidents.set_verify(incident.id, action_id, self.clock.now() + timedelta(seconds=verify))
         return outcome
+
+    async def _failures(self, incident_id: int) -> int:
+        """Failed attempts on an incident so far (the retry counter, derived from `actions`)."""
+        return await self.rt.store.scalar(
+            "SELECT COUNT(*) FROM actions WHERE incident_id = ? AND state = 'failed'", (incident_id,)) or 0
+
+    async def _retry_later(self, action_id: int, plan: Plan, incident: Incident, outcome: Outcome) -> str | None:
+        """After a failed safe action on an open incident: schedule the next decision by the backoff,
+        or give up. Returns what to tell the owner: at the first failure and when retries are
+        exhausted; None in between (each attempt is an event)."""
+        defaults = self.policy.defaults
+        failures = await self._failures(incident.id)
+        if defaults.retry_attempts <= 1 or failures > defaults.retry_attempts:
+            return outcome.message  # no retries, or a fresh decision (the incident worsened) after giving up
+        data = dict(action_id=action_id, action=plan.action, summary=plan.summary, attempt=failures,
+                    max_attempts=defaults.retry_attempts, message=outcome.message)
+        delay = retry_delay(defaults, failures)
+        if delay is None:
+            await self.rt.events.emit("action.retries_exhausted", ActionRetriesExhausted(**data), source="kernel",
+                                      incident_id=incident.id)
+            return (f"{outcome.message}. Gave up after {failures} failed attempts; the incident stays open "
+                    "and needs you")
+        at = self.clock.now() + timedelta(seconds=delay)
+        await self.rt.store.execute("UPDATE incidents SET retry_at = ? WHERE id = ? AND status = 'open'",
+                                    (iso(at), incident.id))
+        await self.rt.events.emit("action.retry_scheduled", ActionRetryScheduled(**data, next_attempt_at=iso(at)),
+                                  source="kernel", incident_id=incident.id)
+        if failures > 1:
+            return None
+        return (f"{outcome.message}. I will try again in {format_duration(delay)} ({at:%H:%M} UTC) while the "
+                f"incident stays open, at most {defaults.retry_attempts - 1} more time"
+                f"{'s' if defaults.retry_attempts > 2 else ''}; you will hear if it keeps failing")
 
     async def _row(self, action_id: int) -> Any:
         return await self.rt.store.fetchone("SELECT * FROM actions WHERE id = ?", (action_id,))
@@ -267,8 +333,9 @@ class Executor:
         action_id = await self._start(halt.plan, self.policy.rule(halt.rule or ""), incident, halt.id, requested_by)
         outcome = await self._finish(action_id, halt.plan, incident)
         await self.halts.finish_execution(halt.id, result="done", action_id=action_id)
-        return {"executed": True, "action_id": action_id, "ok": outcome.ok, "message": outcome.message,
-                "details": outcome.details}
+        state = _state(outcome)
+        return {"executed": True, "action_id": action_id, "ok": state == "succeeded", "state": state,
+                "changed": outcome.changed, "message": outcome.message, "details": outcome.details}
 
     async def sweep_halts(self) -> None:
         now = self.clock.now()
@@ -283,3 +350,9 @@ class Executor:
                 f"Halt {halt.id} got no answer by {halt.expires_at:%Y-%m-%d %H:%M} UTC; "
                 f"the default '{halt.default_option}' applied.", severity="info", halt_id=halt.id)
 
+
+def _state(outcome: Outcome) -> str:
+    """The final state of an action row: an apply that changed nothing is `ineffective`, never done."""
+    if not outcome.ok:
+        return "failed"
+    return "succeeded" if outcome.changed else "ineffective"

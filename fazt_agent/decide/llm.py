@@ -18,7 +18,7 @@ In the daemon a decision runs as a task (`Engine.spawn`): a slow model never del
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol
 
 from ..clock import iso
 from ..config import LlmSection
@@ -34,8 +34,10 @@ from .prompt import Prompts, TemplateError, render
 from .rules import Proposal
 
 if TYPE_CHECKING:
-    from ..engine import Decision, Engine
-    from ..incidents import Incident
+    from ..decision import Decision, Evaluation
+    from ..incidents import Incident, IncidentStore
+    from ..policy.model import Policy
+    from ..runtime import Runtime
 
 log = logging.getLogger(__name__)
 MAX_PROPOSALS = 3
@@ -57,10 +59,32 @@ def base_request(llm: LlmSection, system: str, tools: ToolSet) -> dict[str, Any]
     return request
 
 
-class LlmDecider:
-    """Decides incidents with the LLM for an `Engine`, falling back to its rules planner."""
+class Gate(Protocol):
+    """What the LLM planner needs from the engine that owns it (the engine is above this layer)."""
 
-    def __init__(self, engine: Engine):
+    rt: Runtime
+    incidents: IncidentStore
+    host: str
+    spawn: Callable[[str, Coroutine[Any, Any, None]], None] | None
+
+    @property
+    def policy(self) -> Policy: ...
+
+    async def evaluate(self, proposal: Proposal, incident: Incident | None, autonomy: str) -> Evaluation: ...
+
+    async def gate(self, proposal: Proposal, *, incident: Incident | None, trigger: str,
+                   requested_by: str = "agent", evaluation: Evaluation | None = None) -> Decision: ...
+
+    async def decide_by_rules(self, incident: Incident, trigger: str) -> Decision: ...
+
+    async def notify_only(self, incident: Incident, trigger: str, reason: str, *, rule: Any = None,
+                          record: bool = True, proposal: Proposal | None = None) -> Decision: ...
+
+
+class LlmDecider:
+    """Decides incidents with the LLM for the engine (`Gate`), falling back to its rules planner."""
+
+    def __init__(self, engine: Gate):
         self.engine = engine
         self.rt = engine.rt
         self.section = self.rt.config.file.llm
@@ -124,7 +148,7 @@ class LlmDecider:
         async def run(tool: Tool, args: dict[str, Any]) -> tuple[str, bool]:
             return await run_investigation(scope, tool, args)
 
-        system = prompts.system_prompt(self.engine.executor.host, self.rt.config.agent.personality)
+        system = prompts.system_prompt(self.engine.host, self.rt.config.agent.personality)
         return await converse(self.client, self.budget, "decide", base_request(self.section, system, tools),
                               render(prompts.decide, values).strip(), tools, run, self.section.max_steps)
 

@@ -8,6 +8,7 @@ than its level allows, never looser.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 import subprocess
@@ -19,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .._toml import load_model, read_toml
+from .._toml import load_model, read_toml, toml_files
 from ..errors import ConfigError, Issue
 from ..units import Duration
 
@@ -134,6 +135,12 @@ class Defaults(_Model):
     window: Duration = 86400.0
     halt_expiry: Duration = 86400.0
     verify_after: Duration = 180.0
+    # A failed safe action is decided again after each of these waits in turn (the last one
+    # repeats) while its incident stays open, until `retry_attempts` attempts on the incident
+    # (the first included) have failed. 1 attempt: never retry.
+    retry_backoff: tuple[Duration, ...] = Field(default=(300.0, 900.0, 3600.0, 14400.0), min_length=1,
+                                                max_length=20)
+    retry_attempts: int = Field(default=5, ge=1, le=50)
 
 
 class PolicyFile(_Model):
@@ -163,10 +170,13 @@ class Policy:
         return next((r for r in self.rules if r.name == name), None)
 
 
-def load_policy(folder: Path, known_actions: set[str]) -> tuple[Policy, list[Issue]]:
-    """Read policies/*.toml (sorted). Returns the policy and every issue found."""
-    from ..definitions import toml_files
+def load_policy(folder: Path, known_actions: set[str],
+                known_kinds: set[str] | None = None) -> tuple[Policy, list[Issue]]:
+    """Read policies/*.toml (sorted). Returns the policy and every issue found.
 
+    `known_kinds` (the check kinds, `pulse.CHECKS`) are passed in, not imported, so the policy layer
+    stays below the checks: a rule matching a kind that no check has would silently never match.
+    """
     issues: list[Issue] = []
     rules: list[Rule] = []
     roots: list[Path] = []
@@ -190,6 +200,11 @@ def load_policy(folder: Path, known_actions: set[str]) -> tuple[Policy, list[Iss
                 issues.append(Issue(str(path), f"rules[{i}].action",
                                     f"unknown action {rule.action!r} (accepted: {', '.join(sorted(known_actions))})"))
                 continue
+            unknown = _unknown_kinds(rule.match.kind, known_kinds)
+            if unknown:
+                issues.append(Issue(str(path), f"rules[{i}].match.kind",
+                                    f"unknown check kind {unknown[0]!r} (accepted: {', '.join(sorted(known_kinds or ()))})"))
+                continue
             seen[rule.name] = str(path)
             rules.append(rule)
         if parsed.constraints:
@@ -208,6 +223,13 @@ def load_policy(folder: Path, known_actions: set[str]) -> tuple[Policy, list[Iss
         schedule=schedule or Schedule(), defaults=defaults or Defaults(),
         version=policy_version(folder, files), files=tuple(str(p) for p in files))
     return policy, issues
+
+
+def _unknown_kinds(patterns: list[str], known: set[str] | None) -> list[str]:
+    """The kind patterns (globs allowed, as in matching) that match no known check kind."""
+    if known is None:
+        return []
+    return [p for p in patterns if not any(fnmatch.fnmatchcase(k, p) for k in known)]
 
 
 def policy_version(folder: Path, files: list[Path]) -> str:
