@@ -242,8 +242,9 @@ class Executor:
     async def _set_state(self, action_id: int, state: str, outcome: Outcome) -> None:
         await self.rt.store.execute(
             "UPDATE actions SET state=?, finished_at=?, outcome=? WHERE id=?",
-            (state, iso(self.clock.now()), json.dumps({"ok": outcome.ok, "message": outcome.message,
-                                                       "details": outcome.details}, default=str), action_id))
+            (state, iso(self.clock.now()), json.dumps({"ok": outcome.ok, "changed": outcome.changed,
+                                                       "message": outcome.message, "details": outcome.details},
+                                                      default=str), action_id))
 
     async def _event(self, type_: str, action_id: int, plan: Plan, incident: Incident | None, message: str,
                      details: dict[str, Any] | None = None) -> None:

@@ -108,7 +108,7 @@ async def test_a_halt_is_answered_once_and_a_second_answer_names_the_first(
     with pytest.raises(HaltError, match=r"already answered 'approve' by cli:alice at 2026-03-01T12:01:30"):
         await halts.answer(halt.id, "deny", by="web")
     assert (await halts.get(halt.id)).answer == "approve"
-    assert [t for t, _ in await _events(halts)] == ["halt.requested", "halt.answered"]
+    assert [t for t, _ in await _events(halts)] == ["halt.requested", "halt.answered", "halt.answer_refused"]
     assert (await _events(halts, "halt.answered"))[0][1] == {
         "halt_id": halt.id, "option": "approve", "by": "cli:alice", "note": "go ahead"}
 

@@ -17,11 +17,11 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, NoReturn, Sequence
 
 from ..clock import Clock, iso, parse_iso
 from ..errors import FaztAgentError
-from ..event_types import HaltAnswered, HaltExpired, HaltReminded, HaltRequested
+from ..event_types import HaltAnswered, HaltAnswerRefused, HaltExpired, HaltReminded, HaltRequested
 from ..events import EventLog
 from ..kernel.base import Plan
 from ..store import Store
@@ -134,7 +134,8 @@ class HaltStore:
         return [_from_row(r) for r in rows]
 
     async def answer(self, halt_id: int, option: str, *, by: str, note: str | None = None) -> Halt:
-        """Answer a pending halt; only the first answer counts. Emits `halt.answered`.
+        """Answer a pending halt; only the first answer counts. Emits `halt.answered`, or
+        `halt.answer_refused` (with `by`, the channel, and the reason) for an answer that does not count.
 
         Raises:
             HaltError: no such halt, `option` is not one of its options, or it was already
@@ -142,19 +143,28 @@ class HaltStore:
         """
         halt = await self.get(halt_id)
         if halt is None:
-            raise HaltError(f"there is no halt #{halt_id}")
+            await self._refuse(halt_id, None, option, by, f"there is no halt #{halt_id}")
+        assert halt is not None
         if option not in halt.options:
-            raise HaltError(f"{option!r} is not an option of halt #{halt_id}; "
-                            f"answer one of: {', '.join(halt.options)}")
+            await self._refuse(halt_id, halt.incident_id, option, by,
+                               f"{option[:64]!r} is not an option of halt #{halt_id}; "
+                               f"answer one of: {', '.join(halt.options)}")
         now = iso(self.clock.now())
         changed = await self.store.execute(
             "UPDATE halts SET status = 'answered', answer = ?, answered_by = ?, note = ?, answered_at = ?"
             " WHERE id = ? AND status = 'pending' AND expires_at > ?", (option, by, note, now, halt_id, now))
         if not changed:
-            raise HaltError(_why_closed(await self._must_get(halt_id)))
+            await self._refuse(halt_id, halt.incident_id, option, by, _why_closed(await self._must_get(halt_id)))
         await self.events.emit("halt.answered", HaltAnswered(halt_id=halt_id, option=option, by=by, note=note),
                                source="halts", incident_id=halt.incident_id)
         return await self._must_get(halt_id)
+
+    async def _refuse(self, halt_id: int, incident_id: int | None, option: str, by: str, reason: str) -> NoReturn:
+        """Record a refused answer in the audit trail, then refuse it."""
+        await self.events.emit("halt.answer_refused", HaltAnswerRefused(halt_id=halt_id, option=option[:64], by=by,
+                                                                        reason=reason),
+                               source="halts", incident_id=incident_id)
+        raise HaltError(reason)
 
     async def expire_due(self, now: datetime | None = None) -> builtins.list[Halt]:
         """Expire the pending halts whose time is up, answering them with their default.

@@ -47,11 +47,17 @@ class Plan:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What `apply` did."""
+    """What `apply` did.
+
+    `ok` is False when something went wrong. `changed` is False when nothing went wrong but
+    nothing was changed either (every planned file was gone or had changed since the plan): the
+    owner must not read "done" for that, and there is nothing to verify afterwards.
+    """
 
     ok: bool
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    changed: bool = True
 
 
 class Notifier(Protocol):

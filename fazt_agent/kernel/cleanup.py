@@ -19,6 +19,7 @@ import itertools
 import os
 import shutil
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
@@ -281,6 +282,12 @@ def _execute(roots: list[str], files: list[dict[str, Any]], mode: str) -> tuple[
     return freed, done, skipped, failures
 
 
+def _reasons(skipped: list[dict[str, str]]) -> str:
+    """Why files were skipped, most common first: "27 gone since the plan, 1 changed since the plan"."""
+    counts = Counter(item["reason"] for item in skipped)
+    return ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+
+
 @action("cleanup")
 class Cleanup(Action):
     description = "Delete or gzip old files under an allowed root."
@@ -317,12 +324,17 @@ class Cleanup(Action):
             if not any(inside(root, a) for a in allowed):
                 raise ActionError(f"planned root {root!r} is no longer inside an allowed root ({', '.join(allowed)})")
         freed, done, skipped, failures = await asyncio.to_thread(_execute, d["roots"], d["files"], d["mode"])
+        verb = "deleted" if d["mode"] == "delete" else "compressed"
+        details = {"freed_bytes": freed, verb: done, "skipped": skipped}
+        if not done and not failures:  # nothing failed, yet nothing was done: never "done"
+            planned = len(d["files"])
+            why = (f"all {planned} planned file{'s were' if planned != 1 else ' was'} skipped ({_reasons(skipped)})"
+                   if skipped else "the plan had no files")
+            return Outcome(ok=True, changed=False, details=details, message=f"nothing {verb}: {why}")
         message = f"freed {format_size(freed)} ({done} file{'s' if done != 1 else ''})"
         if skipped:
             message += f"; skipped {len(skipped)}" + (f", {failures} failed" if failures else "")
-        verb = "deleted" if d["mode"] == "delete" else "compressed"
-        return Outcome(ok=not failures, message=message,
-                       details={"freed_bytes": freed, verb: done, "skipped": skipped})
+        return Outcome(ok=not failures, message=message, details=details)
 
     def material_change(self, approved: Plan, fresh: Plan) -> str | None:
         a, f = approved.details, fresh.details

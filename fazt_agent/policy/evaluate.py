@@ -21,6 +21,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from ..kernel.base import Plan
+from ..units import format_duration
 from .model import DAYS, Defaults, Level, Rule, Schedule, Verdict, Window, parse_clock
 
 PERMISSIVE: dict[str, int] = {"deny": 0, "notify": 1, "ask": 2, "act": 3}
@@ -81,7 +82,7 @@ def judge(rule: Rule | None, plan: Plan, level: Level, history: History, now: da
         window = rule.window if rule and rule.window is not None else defaults.window
         if history.actions_in_window >= limit:
             return Judgement("notify", f"limit: {history.actions_in_window} actions in the last "
-                                       f"{window / 3600:g} h (at most {limit})",
+                                       f"{format_duration(window)} (at most {limit})",
                              retry_at=now + timedelta(seconds=window / 4))
         window_end = in_maintenance(schedule, now)
         if window_end is not None:
@@ -90,6 +91,15 @@ def judge(rule: Rule | None, plan: Plan, level: Level, history: History, now: da
         if verdict == "act" and in_quiet_hours(schedule, now) and not (plan.risk == "safe" and plan.reversible):
             return Judgement("ask", "quiet hours: only safe, reversible plans run without asking")
     return Judgement(verdict, reason)
+
+
+def retry_delay(defaults: Defaults, failures: int) -> float | None:
+    """Seconds to wait before deciding again on an incident whose safe action has now failed
+    `failures` times (this one included), or None when no attempt is left."""
+    if failures >= defaults.retry_attempts:
+        return None
+    backoff = defaults.retry_backoff
+    return backoff[min(failures, len(backoff)) - 1]
 
 
 def _local(schedule: Schedule, now: datetime) -> datetime:
