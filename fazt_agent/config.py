@@ -8,17 +8,19 @@ config file are relative to that file. Secrets come from the environment with `$
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._toml import expand_env, load_model, read_toml
 from .errors import ConfigError, Issue
 from .units import Duration
 
 Autonomy = Literal["low", "medium", "high"]
+LEVELS: tuple[Autonomy, ...] = ("low", "medium", "high")
 Personality = Literal["helpful", "terse", "cautious"]
 DEFINITION_FOLDERS = ("policies", "prompts", "pulse", "kernel")
 SYSTEM_CONFIG = Path("/etc/fazt-agent/config.toml")
@@ -139,21 +141,24 @@ class LlmSection(Model):
     budget: LlmBudget = LlmBudget()
     prices: dict[str, LlmPrice] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _priced(self) -> LlmSection:
-        if self.model not in self.price_table:
-            raise ValueError(f"no price for model {self.model!r}: add [llm.prices.\"{self.model}\"] with "
-                             "input_per_mtok, output_per_mtok, cache_read_per_mtok, cache_write_per_mtok "
-                             f"(known: {', '.join(sorted(self.price_table))})")
-        return self
-
     @property
     def price_table(self) -> dict[str, LlmPrice]:
         return {**DEFAULT_PRICES, **self.prices}
 
     @property
-    def price(self) -> LlmPrice:
-        return self.price_table[self.model]
+    def price(self) -> LlmPrice | None:
+        """The model's price; None for a model we know no price of (a newer one): it is accepted,
+        and only the USD budget is skipped (the token and call budgets still apply)."""
+        return self.price_table.get(self.model)
+
+    @property
+    def price_note(self) -> str | None:
+        """The warning for a model without a price, else None."""
+        if self.price is not None:
+            return None
+        return (f"no price known for model {self.model!r}: the USD budget is not applied; set "
+                f"[llm.prices.\"{self.model}\"] with input_per_mtok, output_per_mtok, cache_read_per_mtok, "
+                "cache_write_per_mtok")
 
 
 class ConfigFile(Model):
@@ -201,6 +206,15 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "fazt-agent.db"
+
+    @property
+    def warnings(self) -> list[Issue]:
+        """What is accepted but the owner should know (`config check`, `status`, the daemon's log)."""
+        found = []
+        llm = self.file.llm
+        if llm.enabled and llm.price_note:
+            found.append(Issue(str(self.source or "embedded defaults"), "llm.model", llm.price_note))
+        return found
 
 
 def shipped_defaults() -> Path:
@@ -299,6 +313,105 @@ def _secret_values(raw: object, expanded: object) -> list[str]:
     if isinstance(raw, str) and isinstance(expanded, str) and raw != expanded:
         return [expanded]
     return []
+
+
+@dataclass(frozen=True)
+class FileAutonomy:
+    """`[agent] autonomy` as the config file says it now."""
+
+    level: Autonomy | None          # None: the file was never read well
+    problem: str | None = None      # why it cannot be read now (`level` is then the last good one)
+
+
+_autonomy_reads: dict[Path, tuple[tuple[int, int, int], FileAutonomy]] = {}
+_autonomy_good: dict[Path, Autonomy] = {}
+
+
+def read_autonomy(path: Path, env: Mapping[str, str] | None = None) -> FileAutonomy:
+    """Re-read only `[agent] autonomy` of the config file `path`: an edit of that line takes effect
+    without a restart (the rest of the file is read at start only).
+
+    Never raises: a file that cannot be read, is not TOML or names no level gives the last level
+    read well and the problem as a `FILE:KEY: message` line. Reads are cached by mtime and size,
+    so calling this on every decision costs a stat.
+    """
+    try:
+        st = path.stat()
+    except OSError as e:
+        return FileAutonomy(_autonomy_good.get(path), str(Issue(str(path), "", f"cannot read file: {e.strerror or e}")))
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    cached = _autonomy_reads.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    result = _read_autonomy(path, os.environ if env is None else env)
+    _autonomy_reads[path] = (stamp, result)
+    return result
+
+
+def _read_autonomy(path: Path, env: Mapping[str, str]) -> FileAutonomy:
+    try:
+        raw = read_toml(path)
+    except ConfigError as e:
+        return FileAutonomy(_autonomy_good.get(path), "; ".join(str(i) for i in e.issues))
+    agent = raw.get("agent", {})
+    value = agent.get("autonomy", AgentSection.model_fields["autonomy"].default) if isinstance(agent, dict) else None
+    expanded, issues = expand_env(value, str(path), env, "agent.autonomy")
+    if issues:
+        problem = str(issues[0])
+    elif expanded not in LEVELS:
+        problem = str(Issue(str(path), "agent.autonomy",
+                            f"unknown autonomy level {value!r} (accepted: {', '.join(LEVELS)})"))
+    else:
+        _autonomy_good[path] = expanded
+        return FileAutonomy(expanded)
+    return FileAutonomy(_autonomy_good.get(path), problem)
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31})://")
+
+
+def notify_url_issues(config: Config) -> list[Issue]:
+    """`[notify] urls` that apprise cannot use, as `FILE:notify.urls[N]` issues (`config check`).
+
+    Imports apprise, which loads every plugin: only the check paths call this, never the idle
+    daemon. URLs carry secrets, so an issue names the index and the scheme, never the URL.
+    """
+    urls = config.file.notify.urls
+    if not any(urls):
+        return []
+    import logging
+
+    import apprise
+
+    try:
+        from apprise.manager_plugins import NotificationManager
+
+        schemes: Any = NotificationManager()
+    except Exception:  # another apprise version: say less
+        schemes = None
+    file = str(config.source or "embedded defaults")
+    wiki = "https://github.com/caronc/apprise/wiki"
+    apprise_log = logging.getLogger("apprise")
+    hushed = apprise_log.disabled
+    apprise_log.disabled = True   # its messages show the URL in clear
+    issues = []
+    try:
+        for index, url in enumerate(urls):
+            if not url or apprise.Apprise.instantiate(url, suppress_exceptions=True) is not None:
+                continue
+            m = _SCHEME.match(url)
+            if m is None:
+                why = ("apprise cannot use this URL: it has no scheme (expected SCHEME://..., "
+                       f"such as mailto://, ntfy:// or json://; see {wiki})")
+            elif schemes is not None and m.group(1).lower() not in schemes:
+                why = f"apprise cannot use '{redacted(url)}': unknown scheme {m.group(1)!r} (the services: {wiki})"
+            else:
+                why = (f"apprise cannot use '{redacted(url)}': not a valid {m.group(1)} URL "
+                       f"(its form is on {wiki})")
+            issues.append(Issue(file, f"notify.urls[{index}]", why))
+    finally:
+        apprise_log.disabled = hushed
+    return issues
 
 
 def redacted(url: str) -> str:

@@ -20,8 +20,8 @@ from . import __version__
 from ._lock import DataDirLock
 from ._sdnotify import Notifier
 from .clock import iso
-from .config import Config
-from .event_types import AgentStarted, AgentStopped, PulseBeatInterrupted
+from .config import Config, read_autonomy
+from .event_types import AgentAlert, AgentStarted, AgentStopped, PulseBeatInterrupted
 from .pulse.runner import BeatResult
 from .runtime import Runtime
 
@@ -46,6 +46,8 @@ class Daemon:
         self._last_beat: BeatResult | None = None
         self._last_beat_mono: float | None = None
         self._stop_reason = "stopped"
+        self._file_autonomy: str | None = None      # the config file's [agent] autonomy, last read well
+        self._autonomy_problem: str | None = None   # why it could not be read at the last look
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT. Returns the process exit code.
@@ -78,6 +80,9 @@ class Daemon:
 
         self.engine = Engine(rt, spawn=self.spawn)
         self.after_beat.insert(0, self.engine.on_beat)
+        for warning in rt.config.warnings:
+            log.warning("%s", warning)
+        await self._start_following_autonomy(rt)
         await self.engine.reconcile()
         server, server_task = await self._start_http(rt)
         scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
@@ -161,11 +166,44 @@ class Daemon:
         assert self.engine is not None
         try:
             await self.engine.reload_policy()
+            await self._follow_config_autonomy(self.engine.rt)
             await self.engine.sweep()
             if self._mcp is not None:
                 await self._mcp.reap()
         except Exception:  # supervisor boundary
             log.exception("housekeeping failed")
+
+    async def _start_following_autonomy(self, rt: Runtime) -> None:
+        """Note the config file's autonomy; an override set before the file was last edited (while
+        no daemon ran) is cleared and recorded, as if the daemon had seen the edit."""
+        state = await rt.autonomy_state()
+        self._file_autonomy = state.config
+        override = await rt.autonomy_override()
+        if override is not None and override.config is not None and override.config != state.config:
+            await self.engine.follow_config_autonomy(override.config, state.config)
+
+    async def _follow_config_autonomy(self, rt: Runtime) -> None:
+        """An edit of the config file's `[agent] autonomy` takes effect (only that key is re-read): it
+        clears a run-time override and open incidents are decided again. A broken edit is recorded
+        once and the level in force stays."""
+        if rt.config.source is None:
+            return
+        read = read_autonomy(rt.config.source)
+        if read.problem is not None:
+            if read.problem != self._autonomy_problem:
+                self._autonomy_problem = read.problem
+                level = await rt.autonomy()
+                log.warning("config edit not applied, autonomy stays %s: %s", level, read.problem)
+                await rt.events.emit("agent.alert", AgentAlert(
+                    message=f"the config file's [agent] autonomy cannot be read; autonomy stays {level}: "
+                            f"{read.problem}", file=str(rt.config.source)), source="config")
+            return
+        self._autonomy_problem = None
+        if read.level is None or read.level == self._file_autonomy:
+            return
+        before, self._file_autonomy = self._file_autonomy, read.level
+        if await self.engine.follow_config_autonomy(before, read.level):
+            log.info("autonomy %s: [agent] autonomy edited in %s", await rt.autonomy(), rt.config.source)
 
     async def _prune_job(self) -> None:
         self.spawn("prune", self._prune())

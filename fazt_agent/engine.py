@@ -61,11 +61,17 @@ class Engine:
     async def on_beat(self, beat: BeatResult) -> None:
         """Record incident transitions and decide on the ones that need a decision."""
         now = self.clock.now()
-        changes = await self.incidents.apply(transitions(await self.incidents.open_incidents(), beat.results))
+        open_incidents = await self.incidents.open_incidents()
+        flaps = await self.incidents.flaps(open_incidents, beat.results,
+                                           {c.name: c.config for c in self.rt.pulse.checks}, beat.id)
+        changes = await self.incidents.apply(transitions(open_incidents, beat.results, flaps))
         paused = await self.paused()
         for t, incident in changes:
             if t.change == "resolved":
                 await self.executor.on_resolved(incident)
+                continue
+            if t.change == "flapping":  # reported once; no decision on each flip
+                await self.notify_only(incident, "flapping", f"flapping: {t.flap.describe()}")
                 continue
             trigger = self._trigger(t.change, incident, now, paused)
             if trigger == "action_ineffective":
@@ -222,7 +228,8 @@ class Engine:
             await self.rt.set_autonomy_override(None)
             note = "the config file's level again (the override is cleared)"
         else:
-            await self.rt.set_autonomy_override(Override(level, by, iso(self.clock.now()), state.config))  # type: ignore[arg-type]
+            override = Override(level, by, iso(self.clock.now()), state.config)  # type: ignore[arg-type]
+            await self.rt.set_autonomy_override(override)
             note = f"overrides the config file's {state.config} until [agent] autonomy is edited there"
         await self._autonomy_changed(state.level, level, by, note)
         return state.level

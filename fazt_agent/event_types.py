@@ -220,7 +220,8 @@ class NotificationSuppressed(EventData):
 class AutonomyChanged(EventData):
     old: str
     new: str
-    by: str
+    by: str                      # cli, mcp:TOKEN, or config (an edit of the config file's [agent] autonomy)
+    note: str | None = None      # whether it overrides the config file, or what the edit cleared
 
 
 @event_type("agent.paused")
@@ -244,3 +245,45 @@ class PolicyReloaded(EventData):
 class PolicyRejected(EventData):
     issues: list[str]
     kept_version: str
+
+
+@event_type("halt.answer_refused")
+class HaltAnswerRefused(EventData):
+    """An answer that did not count (already answered, expired, cancelled, not an option, no such
+    halt): the audit trail keeps who tried what, through which channel (`cli`, `mcp:TOKEN`)."""
+
+    halt_id: int
+    option: str
+    by: str
+    reason: str
+
+
+class ActionRetryData(EventData):
+    action_id: int
+    action: str
+    summary: str
+    attempt: int                  # failed attempts on this incident so far, this one included
+    max_attempts: int
+    message: str                  # why the last attempt failed
+
+
+@event_type("action.retry_scheduled")
+class ActionRetryScheduled(ActionRetryData):
+    """A failed safe action will be decided again at `next_attempt_at` while the incident stays open."""
+
+    next_attempt_at: str
+
+
+@event_type("action.retries_exhausted")
+class ActionRetriesExhausted(ActionRetryData):
+    """The last allowed attempt failed: no more retries on this incident."""
+
+
+@event_type("incident.flapping")
+class IncidentFlapping(IncidentData):
+    """An incident opened as the `openings`-th of its check target within `window_s`: it is held
+    open (and reported once) until the check is ok for `ok_beats` beats in a row."""
+
+    openings: int
+    window_s: float
+    ok_beats: int

@@ -6,19 +6,109 @@ command works the same whether or not the daemon is running.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import sqlite3
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import cast
+from pathlib import Path
+from typing import Any, Literal
 
 from .clock import Clock, SystemClock
-from .config import Autonomy, Config
-from .definitions import Definitions, load_definitions
+from .config import LEVELS, Autonomy, Config, read_autonomy
+from .definitions import Definitions, DefinitionsBroken, read_definitions
+from .errors import ConfigError, Issue
 from .events import EventLog
 from .pulse.beats import BeatStore
 from .pulse.collector import Pulse
 from .store import Store
 
 AUTONOMY_KEY = "agent.autonomy"
+PAUSED_KEY = "agent.paused"   # "1" while paused; who paused and when is the last `agent.paused` event
+
+
+@dataclass(frozen=True)
+class Override:
+    """An autonomy level set at run time (`fazt-agent autonomy`, MCP), kept in the settings table.
+
+    It holds while the config file still says what it said when the override was set: an edit of
+    `[agent] autonomy` there wins (the daemon then clears the override and records it).
+    """
+
+    level: Autonomy
+    by: str | None = None
+    at: str | None = None
+    config: Autonomy | None = None   # the file's level then; None for one stored by an older version
+
+    def to_setting(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def parse(cls, text: str | None) -> Override | None:
+        """The stored override, or None (none stored, or unreadable)."""
+        if text is None:
+            return None
+        if text in LEVELS:   # an older version stored the bare level
+            return cls(text)  # type: ignore[arg-type]
+        try:
+            data = json.loads(text)
+            override = cls(**data)
+        except (ValueError, TypeError):
+            return None
+        return override if override.level in LEVELS and override.config in (None, *LEVELS) else None
+
+
+@dataclass(frozen=True)
+class AutonomyState:
+    """The autonomy level in force, where it comes from, and what the config file says."""
+
+    level: Autonomy
+    source: Literal["config", "override"]
+    config: Autonomy                 # what the config file says now (the default without a file)
+    file: str | None                 # the config file
+    by: str | None = None            # who set the override in force
+    at: str | None = None            # and when
+    problem: str | None = None       # the file's [agent] autonomy cannot be read now: its last good value counts
+
+    @property
+    def summary(self) -> str:
+        """`high (set by cli at ..., overrides config.toml's low)` or `low (from config.toml)`."""
+        name = Path(self.file).name if self.file else None
+        if self.source == "override":
+            who = f"set by {self.by or 'an owner command'}" + (f" at {self.at}" if self.at else "")
+            theirs = f"{name}'s {self.config}" if name else f"the default {self.config}"
+            return f"{self.level} ({who}, overrides {theirs})"
+        return f"{self.level} (from {name})" if name else f"{self.level} (the default: no config file)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "summary": self.summary}
+
+
+def autonomy_state(config: Config, override: Override | None) -> AutonomyState:
+    """The level in force: the override while the file still says what it said when it was set."""
+    level, problem = config.agent.autonomy, None
+    if config.source is not None:
+        read = read_autonomy(config.source)
+        level, problem = read.level or level, read.problem
+    file = str(config.source) if config.source else None
+    if override is not None and override.config in (None, level):
+        return AutonomyState(override.level, "override", level, file, override.by, override.at, problem)
+    return AutonomyState(level, "config", level, file, problem=problem)
+
+
+def stored_override(db_path: Path) -> Override | None:
+    """The override in a database, read without opening a Runtime (`config check`); None when there is
+    no database yet or it cannot be read."""
+    if not db_path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = db.execute("SELECT value FROM settings WHERE key = ?", (AUTONOMY_KEY,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return Override.parse(row[0]) if row else None
 
 
 @dataclass
@@ -30,32 +120,74 @@ class Runtime:
     beats: BeatStore
     pulse: Pulse
     clock: Clock
+    # what did not load in a lenient open: the definitions hold only the valid files' part
+    issues: list[Issue] = field(default_factory=list)
 
     @classmethod
     async def open(cls, config: Config, *, clock: Clock | None = None,
-                   definitions: Definitions | None = None) -> Runtime:
+                   definitions: Definitions | None = None, lenient: bool = False) -> Runtime:
         """Load the definitions (unless given) and open the store.
 
+        `lenient` is for commands that do not act on the definitions (status, lists, deny, the
+        event log, MCP reads): a broken file is then left out and listed in `issues` instead of
+        refused, and whatever needs the definitions calls `require_definitions` first.
+
         Raises:
-            ConfigError: a definition file is invalid.
+            ConfigError: a definition file is invalid (unless `lenient`).
             StoreError: the database cannot be used.
         """
         clock = clock or SystemClock()
-        definitions = definitions or load_definitions(config)
+        issues: list[Issue] = []
+        if definitions is None:
+            definitions, issues = read_definitions(config)
+            if issues and not lenient:
+                raise ConfigError(issues)
         store = await Store.open(config.db_path)
         events = EventLog(store, clock)
         beats = BeatStore(store)
         section = config.file.pulse
         pulse = Pulse(definitions.checks, beats, events, clock, section.interval, section.timeout)
-        return cls(config, definitions, store, events, beats, pulse, clock)
+        return cls(config, definitions, store, events, beats, pulse, clock, issues)
+
+    def require_definitions(self, what: str, hint: str | None = None) -> None:
+        """Refuse `what` (e.g. "approving a halt") while a definition file is broken: it would act
+        on part of the owner's policy, not on the last good one that a running daemon keeps.
+
+        Raises:
+            DefinitionsBroken: a definition file did not load (a lenient open).
+        """
+        if self.issues:
+            raise DefinitionsBroken(what, self.issues, hint)
 
     async def close(self) -> None:
         await self.store.close()
 
     async def autonomy(self) -> Autonomy:
-        """The autonomy level in force: the one last set at run time, else the config's."""
-        stored = await self.store.get_setting(AUTONOMY_KEY)
-        return cast(Autonomy, stored) if stored in ("low", "medium", "high") else self.config.agent.autonomy
+        """The autonomy level in force: an override set at run time, else the config file's."""
+        return (await self.autonomy_state()).level
+
+    async def autonomy_state(self) -> AutonomyState:
+        return autonomy_state(self.config, await self.autonomy_override())
+
+    async def autonomy_override(self) -> Override | None:
+        return Override.parse(await self.store.get_setting(AUTONOMY_KEY))
+
+    async def pause_state(self) -> dict[str, Any]:
+        """Whether the agent is paused, and by whom and since when (from the `agent.paused` event;
+        None once retention has removed it)."""
+        if await self.store.get_setting(PAUSED_KEY) != "1":
+            return {"paused": False, "paused_by": None, "paused_at": None}
+        row = await self.store.fetchone(
+            "SELECT ts, json_extract(data, '$.by') AS by FROM events WHERE type = 'agent.paused'"
+            " ORDER BY id DESC LIMIT 1")
+        return {"paused": True, "paused_by": row["by"] if row else None, "paused_at": row["ts"] if row else None}
+
+    async def set_autonomy_override(self, override: Override | None) -> None:
+        """Store an override, or clear it (None): the config file's level is then in force."""
+        if override is None:
+            await self.store.execute("DELETE FROM settings WHERE key = ?", (AUTONOMY_KEY,))
+        else:
+            await self.store.set_setting(AUTONOMY_KEY, override.to_setting())
 
     async def prune(self) -> tuple[int, int]:
         """Apply retention: old events and old beats. Returns (events, beats) deleted."""

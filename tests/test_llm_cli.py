@@ -4,6 +4,7 @@ and the API key kept out of logs and the database."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -62,7 +63,8 @@ def test_pulse_ask_answers_from_stored_data_and_is_rate_limited(ops: Ops, llm: S
 
     def answer(request: dict) -> dict:
         first = request["messages"][0]["content"]
-        assert "how full is scratch?" in first and '<data source="beats of the last 24 h">' in first
+        assert "how full is scratch?" in first
+        assert re.search(r'<data-[0-9a-f]{8} source="beats of the last 24 h">', first)
         assert [t["name"] for t in request["tools"]] == ["beat_history", "query_events", "probe_detail"]
         return message(text("The scratch folder is empty and has been all day."))
 
@@ -71,9 +73,9 @@ def test_pulse_ask_answers_from_stored_data_and_is_rate_limited(ops: Ops, llm: S
     assert asked.returncode == 0, asked.stderr
     assert asked.stdout.strip() == "The scratch folder is empty and has been all day."
     result = llm.requests[1].body["messages"][2]["content"][0]["content"]
-    assert result.startswith('<data source="stored results of check scratch">') and " ok " in result
+    assert re.match(r'<data-[0-9a-f]{8} source="stored results of check scratch">', result) and " ok " in result
     again = ops.cli("pulse", "ask", "and memory?", "--json", env=with_key())
-    assert again.returncode == 1 and "at most one every 60s ([llm] ask_interval): try again in" in again.stderr
+    assert again.returncode == 1 and "at most one every 1 min ([llm] ask_interval): try again in" in again.stderr
     assert len(llm.requests) == 2
 
 
@@ -90,17 +92,6 @@ def test_pulse_status_summary_is_made_once_per_beat(ops: Ops, llm: ScriptedLLM, 
     data = json.loads(ops.cli("pulse", "status", "--summary", "--json", env=with_key()).stdout)
     assert data["summary"]["summary"] == "Still well." and data["summary"]["cached"] is False
     assert len(llm.requests) == 2
-
-
-def test_a_model_without_a_price_is_refused_at_load_time(ops: Ops) -> None:
-    ops.set_config("llm", "model", "claude-future-9")
-    checked = ops.cli("config", "check")
-    assert checked.returncode == 2
-    assert f"{ops.config}:llm: no price for model 'claude-future-9': add [llm.prices.\"claude-future-9\"]" \
-        in checked.stderr
-    ops.set_config("llm", "prices", {"claude-future-9": {"input_per_mtok": 1, "output_per_mtok": 2,
-                                                         "cache_read_per_mtok": 0.1, "cache_write_per_mtok": 1.25}})
-    assert ops.cli("config", "check").returncode == 0
 
 
 def test_a_prompt_with_an_unknown_placeholder_is_refused_at_load_with_file_and_placeholder(ops: Ops) -> None:

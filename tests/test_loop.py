@@ -215,7 +215,8 @@ def test_autonomy_is_persisted_and_recorded(ops: Ops) -> None:
     assert ops.cli("autonomy", "high").returncode == 0
     assert ops.cli("autonomy").stdout.strip() == "high"
     changed = events(ops, "autonomy.changed")
-    assert changed[0]["data"] == {"old": "low", "new": "high", "by": "cli"}
+    assert changed[0]["data"] == {"old": "low", "new": "high", "by": "cli",
+                                  "note": "overrides the config file's low until [agent] autonomy is edited there"}
     bad = ops.cli("autonomy", "max")
     assert bad.returncode == 2 and "accepted: low, medium, high" in bad.stderr
 

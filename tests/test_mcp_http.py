@@ -96,7 +96,9 @@ async def test_scopes_read_operate_admin_and_each_refusal_names_the_scope_needed
     assert pause.is_error and "'admin' scope" in pause.content[0].text
     async with http_client(mcp_url(ops), tokens["admin"]) as client:
         changed = await client.call_tool("fazt_autonomy_set", {"level": "medium"})
-    assert changed.structured_content == {"old": "low", "new": "medium", "changed": True}
+    assert {k: changed.structured_content[k] for k in ("old", "new", "changed")} == {"old": "low", "new": "medium",
+                                                                                    "changed": True}
+    assert changed.structured_content["detail"]["by"] == "mcp:t-admin"
     calls = [c["data"] for c in events(ops, "mcp.call")]
     assert [(c["token"], c["tool"], c["outcome"]) for c in calls] == [
         ("t-read", "fazt_system_status", "ok"), ("t-read", "fazt_autonomy_set", "refused"),

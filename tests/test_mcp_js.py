@@ -75,7 +75,9 @@ def test_the_typescript_sdk_client_over_stdio_lists_and_calls_tools_and_reads_re
     assert len(tools["tools"]) == 17
     assert all(t["annotations"]["title"] and "outputSchema" in t for t in tools["tools"])
     assert status["structuredContent"]["autonomy"] == "low" and status["isError"] is False
-    assert autonomy["structuredContent"] == {"old": "low", "new": "medium", "changed": True}
+    assert {k: autonomy["structuredContent"][k] for k in ("old", "new", "changed")} == {"old": "low", "new": "medium",
+                                                                                       "changed": True}
+    assert autonomy["structuredContent"]["detail"]["summary"].startswith("medium (set by mcp:stdio at ")
     assert ask["isError"] is True and "the LLM is not configured" in ask["content"][0]["text"]
     assert len(resources["resources"]) == 7
     assert json.loads(halts["contents"][0]["text"]) == {"halts": []}

@@ -77,7 +77,9 @@ async def test_each_read_tool_returns_structured_content_that_fits_its_output_sc
     assert decisions and {d["type"] for d in decisions} <= {"decision.made", "decision.rejected"}
     assert results["fazt_halts_list"].structured_content["halts"][0]["status"] == "pending"  # medium + destructive
     assert "cleanup" in [a["name"] for a in results["fazt_actions_list"].structured_content["actions"]]
-    assert results["fazt_autonomy_get"].structured_content == {"autonomy": "medium", "paused": False}
+    autonomy = results["fazt_autonomy_get"].structured_content
+    assert (autonomy["autonomy"], autonomy["paused"]) == ("medium", False)
+    assert autonomy["detail"]["source"] == "config" and autonomy["detail"]["summary"] == "medium (from config.toml)"
 
 
 async def test_resources_and_prompts_are_served_and_the_config_resource_hides_secrets(ops: Ops) -> None:
@@ -216,11 +218,16 @@ async def test_admin_tools_set_autonomy_and_pause_and_resume_over_stdio(ops: Ops
         again = await client.call_tool("fazt_agent_pause", {})
         state = await client.call_tool("fazt_autonomy_get", {})
         resumed = await client.call_tool("fazt_agent_resume", {})
-    assert changed.structured_content == {"old": "low", "new": "high", "changed": True}
+    assert {k: changed.structured_content[k] for k in ("old", "new", "changed")} == {"old": "low", "new": "high",
+                                                                                    "changed": True}
+    detail = changed.structured_content["detail"]
+    assert (detail["source"], detail["by"], detail["config"]) == ("override", "mcp:stdio", "low")
+    assert detail["summary"] == f"high (set by mcp:stdio at {detail['at']}, overrides config.toml's low)"
     assert bad.is_error and "level" in bad.content[0].text
     assert paused.structured_content == {"paused": True, "changed": True}
     assert again.structured_content == {"paused": True, "changed": False}
-    assert state.structured_content == {"autonomy": "high", "paused": True}
+    assert (state.structured_content["autonomy"], state.structured_content["paused"]) == ("high", True)
+    assert state.structured_content["detail"] == detail
     assert resumed.structured_content == {"paused": False, "changed": True}
     assert ops.cli("autonomy").stdout.strip() == "high"
     assert [e["data"]["by"] for e in events(ops, "autonomy.changed")] == ["mcp:stdio"]

@@ -7,7 +7,8 @@ from typing import Any
 
 import typer
 
-from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, line, load, print_json, run, runtime, styled
+from ._common import (EXIT_PROBLEM, EXIT_USAGE, console, fail, line, load, print_json, report_config_error, run,
+                      runtime, styled)
 
 config_app = typer.Typer(help="Validate the configuration.", no_args_is_help=True)
 
@@ -30,14 +31,19 @@ def init(directory: Path = typer.Argument(..., help="The ops folder to create (y
 @config_app.command("check")
 def config_check() -> None:
     """Validate config.toml and every definition file; errors print as FILE:KEY: message."""
+    from ..config import notify_url_issues
     from ..definitions import load_definitions
     from ..errors import ConfigError
+    from ..runtime import autonomy_state, stored_override
 
     config = load()
+    issues = notify_url_issues(config)   # loads apprise: here, never in the idle daemon
     try:
         defs = load_definitions(config)
     except ConfigError as e:
-        for issue in e.issues:
+        issues += e.issues
+    if issues:
+        for issue in issues:
             typer.secho(str(issue), err=True, fg="red")
         raise typer.Exit(EXIT_USAGE)
     source = config.source or "embedded defaults"
@@ -46,16 +52,19 @@ def config_check() -> None:
         note = " (shipped defaults)" if name in config.shipped else ""
         typer.echo(f"  {name + '/':10} {folder}{note}")
     typer.echo(f"  {len(defs.checks)} checks in {len(defs.files)} pulse files")
+    typer.echo(f"  autonomy: {autonomy_state(config, stored_override(config.db_path)).summary}")
+    for warning in config.warnings:
+        typer.secho(f"warning: {warning}", err=True, fg="yellow")
 
 
 def run_daemon(log_format: str = typer.Option(None, "--log-format", help="text or json (overrides [log] format)."),
                log_level: str = typer.Option(None, "--log-level", help="debug, info, warning or error.")) -> None:
     """Run the daemon in the foreground (what the systemd unit starts)."""
-    from .. import logs
     from ..daemon import Daemon
+    from ._common import service_logging
 
     config = load()
-    logs.setup(log_level or config.file.log.level, log_format or config.file.log.format)
+    service_logging(log_level or config.file.log.level, log_format or config.file.log.format)
     code = run(lambda: Daemon(config).run())
     raise typer.Exit(code)
 
@@ -67,7 +76,7 @@ def beat(as_json: bool = typer.Option(False, "--json", help="Print the beat as J
     async def body() -> Any:
         from ..engine import Engine
 
-        async with runtime() as rt:
+        async with runtime(needs_definitions="a beat") as rt:
             engine = Engine(rt)
             result = await rt.pulse.beat(everything=True)
             await engine.on_beat(result)
@@ -90,11 +99,11 @@ def beat(as_json: bool = typer.Option(False, "--json", help="Print the beat as J
 
 
 def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
-    """Summarise health, the last beat, autonomy and whether the daemon runs."""
+    """Summarise health, the last beat, autonomy (and where it comes from), a pause and whether the daemon runs."""
     from ..status import gather_status
 
     async def body() -> dict[str, Any]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             return await gather_status(rt)
 
     data = run(body)
@@ -104,17 +113,23 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
     out = console()
     daemon = f"running (pid {data['daemon']['pid']})" if data["daemon"]["running"] else "not running"
     out.print(line("health     ", styled(data["health"])))
+    if data["paused"]:
+        since = " ".join(filter(None, (data["paused_by"] and f"by {data['paused_by']}",
+                                       data["paused_at"] and f"at {data['paused_at']}")))
+        out.print(line(("paused     ", "bold yellow"), f"PAUSED{' ' + since if since else ''}: observing and "
+                       "recording only, no action, halt or notification (fazt-agent resume)"))
     out.print(f"daemon     {daemon}")
-    out.print(f"autonomy   {data['autonomy']}")
+    out.print(f"autonomy   {data['autonomy_detail']['summary']}")
     last = data["last_beat"]
     out.print(f"last beat  {last['ts'] + ' (' + last['status'] + ')' if last else 'none yet'}")
     llm = data["llm"]
     out.print(f"llm        {llm['note']}")
     if llm["configured"]:
         spent, budget = llm["spent"], llm["budget"]
+        usd = (f"${spent['usd_per_day']:.4f}/${budget['usd_per_day']:g}" if llm["price_known"]
+               else f"no USD limit (no price known for {llm['model']})")
         out.print(f"           {spent['calls_per_hour']}/{budget['calls_per_hour']} calls this hour, "
-                  f"{spent['tokens_per_day']}/{budget['tokens_per_day']} tokens and "
-                  f"${spent['usd_per_day']:.4f}/${budget['usd_per_day']:g} in 24 h")
+                  f"{spent['tokens_per_day']}/{budget['tokens_per_day']} tokens and {usd} in 24 h")
     out.print(f"checks     {data['checks']} configured, {len(data['problems'])} not ok")
     for p in data["problems"]:
         target = f" {p['target']}" if p["target"] else ""
@@ -127,8 +142,15 @@ def systemd_unit(user: str = typer.Option("root", "--user", help="The user the s
                  config_path: Path = typer.Option(None, "--unit-config", help="The config path written into ExecStart "
                                                   "(default: the config in use, else /etc/fazt-agent/config.toml)."),
                  ) -> None:
-    """Print a hardened systemd unit for the daemon (Type=notify, watchdog, sandboxing)."""
+    """Print a hardened systemd unit for the daemon (Type=notify, watchdog, sandboxing); its writable
+    paths are derived from the definitions (cleanup roots, certificate folders)."""
+    from ..definitions import load_definitions
+    from ..errors import ConfigError
     from ..systemd import render_unit
 
     config = load()
-    typer.echo(render_unit(config, user=user, config_path=config_path), nl=False)
+    try:
+        definitions = load_definitions(config)   # the paths actions write to are derived from them
+    except ConfigError as e:
+        report_config_error(e)
+    typer.echo(render_unit(config, definitions, user=user, config_path=config_path), nl=False)

@@ -2,7 +2,9 @@
 
 Every Messages API call (decisions, `pulse ask`, summaries; failed ones too) is one row. The
 budget allows a call while the last hour holds fewer than `calls_per_hour` rows and the last
-24 hours fewer than `tokens_per_day` tokens (input + cached + output) and `usd_per_day`.
+24 hours fewer than `tokens_per_day` tokens (input + cached + output) and `usd_per_day` (for a
+model with a known price: a model without one is used with the USD limit skipped, its calls
+recorded at cost 0).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from ..clock import Clock, iso, parse_iso
 from ..config import LlmPrice, LlmSection
 from ..store import Store
+from ..units import format_number
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,10 @@ class Usage:
                      self.cache_read_tokens + other.cache_read_tokens,
                      self.cache_write_tokens + other.cache_write_tokens)
 
-    def cost(self, price: LlmPrice) -> float:
-        """Estimated US dollars."""
+    def cost(self, price: LlmPrice | None) -> float:
+        """Estimated US dollars; 0 for a model without a known price (not counted)."""
+        if price is None:
+            return 0.0
         return (self.input_tokens * price.input_per_mtok + self.output_tokens * price.output_per_mtok
                 + self.cache_read_tokens * price.cache_read_per_mtok
                 + self.cache_write_tokens * price.cache_write_per_mtok) / 1_000_000
@@ -56,7 +61,8 @@ class Exhausted:
     def reason(self) -> str:
         what = {"calls_per_hour": "calls in the last hour", "tokens_per_day": "tokens in the last 24 h",
                 "usd_per_day": "US dollars in the last 24 h"}[self.limit]
-        return f"LLM budget reached: {self.used:g} {what} (at most {self.allowed:g}, [llm.budget] {self.limit})"
+        return (f"LLM budget reached: {format_number(self.used)} {what} (at most {format_number(self.allowed)}, "
+                f"[llm.budget] {self.limit})")
 
 
 class Budget:
@@ -77,10 +83,14 @@ class Budget:
         return {"calls_per_hour": calls or 0, "tokens_per_day": row[0], "usd_per_day": row[1]}
 
     async def exhausted(self) -> Exhausted | None:
-        """The first limit reached, or None when another call is allowed."""
+        """The first limit reached, or None when another call is allowed.
+
+        Without a price for the model (see `LlmSection.price_note`) the USD limit is skipped: its
+        calls cost an unknown amount. The call and token limits always apply."""
         spent = await self.spent()
         limits = self.section.budget
-        for name in ("calls_per_hour", "tokens_per_day", "usd_per_day"):
+        names = ("calls_per_hour", "tokens_per_day") + (("usd_per_day",) if self.section.price is not None else ())
+        for name in names:
             allowed = getattr(limits, name)
             if spent[name] >= allowed:
                 return Exhausted(name, round(spent[name], 4), allowed)

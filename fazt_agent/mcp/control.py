@@ -24,8 +24,8 @@ from pydantic import Field, ValidationError
 from ..decide.rules import Proposal
 from ..halt.store import Halt
 from ._registry import Caller, Deps, caller, deps_of, tool
-from .models import (ActionPlan, ActionRunResult, Approval, Autonomy, AutonomyChange, HaltAnswerResult, PauseState,
-                     PlanOut)
+from .models import (ActionPlan, ActionRunResult, Approval, Autonomy, AutonomyChange, AutonomyDetailOut,
+                     HaltAnswerResult, PauseState, PlanOut)
 from .tools import halt_out
 
 ActionName = Annotated[str, Field(min_length=1, max_length=64, description="an action from fazt_actions_list")]
@@ -100,9 +100,13 @@ async def fazt_action_run(ctx: Context, name: ActionName,
 @tool("fazt_autonomy_get", scope="read", title="Autonomy level", read_only=True)
 async def fazt_autonomy_get(ctx: Context) -> Autonomy:
     """The autonomy level in force (low: notify only; medium: act on safe plans, ask before destructive
-    ones; high: act on all but costly plans and deletions) and whether the agent is paused."""
+    ones; high: act on all but costly plans and deletions), where it comes from (the config file, or an
+    override set at run time, by whom and when, until the config file's line is edited) and whether the
+    agent is paused."""
     deps = deps_of(ctx)
-    return Autonomy(autonomy=await deps.rt.autonomy(), paused=await deps.engine.paused())
+    state = await deps.rt.autonomy_state()
+    return Autonomy(autonomy=state.level, detail=AutonomyDetailOut(**state.to_json()),
+                    paused=await deps.engine.paused())
 
 
 @tool("fazt_autonomy_set", scope="admin", title="Set the autonomy level", read_only=False)
@@ -111,10 +115,12 @@ async def fazt_autonomy_set(
         level: Annotated[Literal["low", "medium", "high"], Field(description="low, medium or high")],
 ) -> AutonomyChange:
     """Set the autonomy level (persisted and recorded); open incidents get a fresh decision on the next
-    beat under the new level."""
+    beat under the new level. It overrides the config file's [agent] autonomy until that line is
+    edited; setting the file's own level clears the override."""
     deps = deps_of(ctx)
     old = await deps.engine.set_autonomy(level, by=caller(deps).by)
-    return AutonomyChange(old=old, new=level, changed=old != level)
+    state = await deps.rt.autonomy_state()
+    return AutonomyChange(old=old, new=level, changed=old != level, detail=AutonomyDetailOut(**state.to_json()))
 
 
 @tool("fazt_agent_pause", scope="admin", title="Pause the agent", read_only=False)

@@ -35,12 +35,29 @@ class LastBeatOut(Out):
     duration_ms: float
 
 
+class AutonomyDetailOut(Out):
+    level: Literal["low", "medium", "high"] = Field(description="the level in force")
+    source: Literal["config", "override"] = Field(
+        description="config: the config file's [agent] autonomy; override: set at run time (CLI or MCP), "
+                    "in force until that line of the config file is edited")
+    config: Literal["low", "medium", "high"] = Field(description="what the config file says")
+    file: str | None = Field(description="the config file (None: the embedded defaults)")
+    by: str | None = Field(None, description="who set the override in force")
+    at: str | None = Field(None, description="when the override was set")
+    problem: str | None = Field(None, description="the config file's level cannot be read now (its last good "
+                                                  "one counts)")
+    summary: str = Field(description="one line, e.g. \"high (set by cli at ..., overrides config.toml's low)\"")
+
+
 class SystemStatus(Out):
     model_config = ConfigDict(extra="allow")   # other features add their part of the status (e.g. llm)
 
     health: str = Field(description="worst status of the latest results: ok, warning, critical or unknown")
     autonomy: str
+    autonomy_detail: AutonomyDetailOut
     paused: bool
+    paused_by: str | None = Field(None, description="who paused the agent (while paused)")
+    paused_at: str | None = Field(None, description="since when (while paused)")
     personality: str
     daemon: DaemonOut
     last_beat: LastBeatOut | None
@@ -87,6 +104,7 @@ class IncidentOut(Out):
     resolved_at: str | None
     beats: int
     last_verdict: str | None
+    flapping_since: str | None = Field(None, description="set when it opened as flapping: held open, reported once")
 
 
 class Incidents(Out):
@@ -208,6 +226,7 @@ class ActionRunResult(Out):
 
 class Autonomy(Out):
     autonomy: Literal["low", "medium", "high"]
+    detail: AutonomyDetailOut
     paused: bool
 
 
@@ -215,6 +234,7 @@ class AutonomyChange(Out):
     old: str
     new: str
     changed: bool
+    detail: AutonomyDetailOut
 
 
 class PauseState(Out):

@@ -32,7 +32,7 @@ async def system_status(deps: Deps) -> SystemStatus:
     status = await gather_status(rt)
     pending = await rt.store.scalar("SELECT COUNT(*) FROM halts WHERE status = 'pending'")
     incidents = await rt.store.scalar("SELECT COUNT(*) FROM incidents WHERE status = 'open'")
-    return SystemStatus(**status, paused=await deps.engine.paused(), pending_halts=pending, open_incidents=incidents)
+    return SystemStatus(**status, pending_halts=pending, open_incidents=incidents)
 
 
 async def pulse_status(deps: Deps) -> PulseStatus:
@@ -89,9 +89,9 @@ def halt_out(data: dict[str, Any], now: datetime) -> HaltOut:
 
 @tool("fazt_system_status", scope="read", title="System status", read_only=True)
 async def fazt_system_status(ctx: Context) -> SystemStatus:
-    """The server at a glance: overall health (worst latest check), autonomy level, whether the agent
-    is paused and the daemon runs, the last beat, current problems, open incidents and pending halts.
-    Start here."""
+    """The server at a glance: overall health (worst latest check), autonomy level and where it comes
+    from (the config file or a run-time override), whether the agent is paused (by whom, since when) and
+    the daemon runs, the last beat, current problems, open incidents and pending halts. Start here."""
     return await system_status(deps_of(ctx))
 
 

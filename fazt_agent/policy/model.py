@@ -202,8 +202,9 @@ def load_policy(folder: Path, known_actions: set[str],
                 continue
             unknown = _unknown_kinds(rule.match.kind, known_kinds)
             if unknown:
+                accepted = ", ".join(sorted(known_kinds or ()))
                 issues.append(Issue(str(path), f"rules[{i}].match.kind",
-                                    f"unknown check kind {unknown[0]!r} (accepted: {', '.join(sorted(known_kinds or ()))})"))
+                                    f"unknown check kind {unknown[0]!r} (accepted: {accepted})"))
                 continue
             seen[rule.name] = str(path)
             rules.append(rule)
