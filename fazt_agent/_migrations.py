@@ -156,4 +156,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX llm_calls_ts ON llm_calls(ts)
     """,
+    # 4: flap control: when an incident opened as flapping (held open through ok beats, reported once)
+    """
+    ALTER TABLE incidents ADD COLUMN flapping_since TEXT
+    """,
 ]

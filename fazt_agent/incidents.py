@@ -4,6 +4,12 @@ the check stays bad and resolved when it is ok again.
 `transitions()` is the pure part (open incidents + a beat's results -> what changed);
 `IncidentStore` records the changes and emits `incident.opened|updated|resolved` — only on
 transitions, never for every sample.
+
+Confirmation: a result of a `for = N` check opens (or worsens) an incident only at the status
+all of its last N beats reached (`pulse.base.confirmed_status`); an improvement or a recovery
+counts at once. Flap control: when the `flap_count`-th incident of one check target opens within
+its `flap_window`, it opens as flapping (`incident.flapping`, reported once) and is held open
+through ok beats until `flap_ok` ok beats in a row resolve it.
 """
 
 from __future__ import annotations
@@ -11,16 +17,20 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .clock import Clock, iso, parse_iso
-from .event_types import IncidentData
+from .event_types import IncidentData, IncidentFlapping
 from .events import EventLog
-from .pulse.base import SEVERITY, CheckResult
+from .pulse.base import SEVERITY, CheckConfig, CheckResult, confirmed_status
+from .pulse.beats import BeatStore
 from .store import Store
+from .units import format_duration
 
-Change = Literal["opened", "worsened", "improved", "unchanged", "resolved"]
+# flapping: opened as the flap_count-th incident within flap_window; held: an ok beat that does not
+# resolve a flapping incident
+Change = Literal["opened", "flapping", "worsened", "improved", "unchanged", "held", "resolved"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class Incident:
     verify_action_id: int | None = None
     verify_by: datetime | None = None
     retry_at: datetime | None = None
+    flapping_since: datetime | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -61,7 +72,33 @@ class Incident:
                 "message": self.message, "metrics": self.metrics, "details": self.details,
                 "opened_at": iso(self.opened_at), "updated_at": iso(self.updated_at),
                 "resolved_at": iso(self.resolved_at) if self.resolved_at else None, "beats": self.beats,
-                "last_verdict": self.last_verdict}
+                "last_verdict": self.last_verdict,
+                "flapping_since": iso(self.flapping_since) if self.flapping_since else None}
+
+
+@dataclass(frozen=True)
+class Flap:
+    """Flap control of one check target: its check's settings, and what the store says now.
+
+    The defaults turn it off (and let a flapping incident resolve like any other)."""
+
+    count: int = 0        # the count-th incident opened within `window` is flapping (0: off)
+    window: float = 3600.0
+    calm: int = 0         # ok beats in a row that resolve a flapping incident
+    openings: int = 0     # incidents of this check target opened within `window` before this beat
+    ok_streak: int = 0    # ok results in a row up to this beat (asked only for flapping incidents)
+
+    @property
+    def flapping(self) -> bool:
+        """Whether an incident opening now is the count-th within the window."""
+        return self.count > 0 and self.openings + 1 >= self.count
+
+    def describe(self) -> str:
+        return (f"opened {self.openings + 1} times in {format_duration(self.window)}: held open until it is ok "
+                f"for {self.calm} beats in a row, without a notice for each change")
+
+
+NO_FLAP = Flap()
 
 
 @dataclass(frozen=True)
@@ -69,25 +106,37 @@ class Transition:
     change: Change
     result: CheckResult
     incident: Incident | None  # the open incident before this beat, if any
+    severity: str = ""         # the incident's severity after this beat (default: the result's status)
+    flap: Flap = NO_FLAP
 
 
-def transitions(open_incidents: dict[tuple[str, str], Incident], results: list[CheckResult]) -> list[Transition]:
-    """What each result of a beat does to the open incidents (pure)."""
+def transitions(open_incidents: dict[tuple[str, str], Incident], results: list[CheckResult],
+                flaps: dict[tuple[str, str], Flap] | None = None) -> list[Transition]:
+    """What each result of a beat does to the open incidents (pure). `flaps` is what
+    `IncidentStore.flaps` found for this beat (none: no flap control)."""
     out = []
     for r in results:
-        current = open_incidents.get((r.check, r.target))
+        key = (r.check, r.target)
+        current = open_incidents.get(key)
+        flap = (flaps or {}).get(key, NO_FLAP)
         if r.status == "ok":
-            if current is not None:
-                out.append(Transition("resolved", r, current))
+            if current is None:
+                continue
+            if current.flapping_since is not None and flap.ok_streak < flap.calm:
+                out.append(Transition("held", r, current, current.severity, flap))
+            else:
+                out.append(Transition("resolved", r, current, "ok", flap))
             continue
+        confirmed = confirmed_status(r)
         if current is None:
-            out.append(Transition("opened", r, None))
-        elif SEVERITY[r.status] > SEVERITY[current.severity]:
-            out.append(Transition("worsened", r, current))
+            if confirmed != "ok":  # else pending: not seen for `for` beats yet
+                out.append(Transition("flapping" if flap.flapping else "opened", r, None, confirmed, flap))
         elif SEVERITY[r.status] < SEVERITY[current.severity]:
-            out.append(Transition("improved", r, current))
+            out.append(Transition("improved", r, current, r.status, flap))
+        elif SEVERITY[confirmed] > SEVERITY[current.severity]:
+            out.append(Transition("worsened", r, current, confirmed, flap))
         else:
-            out.append(Transition("unchanged", r, current))
+            out.append(Transition("unchanged", r, current, current.severity, flap))
     return out
 
 
@@ -105,6 +154,33 @@ class IncidentStore:
         row = await self.store.fetchone("SELECT * FROM incidents WHERE id = ?", (incident_id,))
         return _incident(row) if row else None
 
+    async def flaps(self, open_incidents: dict[tuple[str, str], Incident], results: list[CheckResult],
+                    checks: dict[str, CheckConfig], beat_id: int | None = None) -> dict[tuple[str, str], Flap]:
+        """Flap control for the results of beat `beat_id`: for a result that would open an incident,
+        how many incidents of its check target opened within the check's `flap_window`; for an ok
+        result on a flapping incident, how many ok beats in a row there are. Asks the store only then."""
+        now = self.clock.now()
+        out: dict[tuple[str, str], Flap] = {}
+        for r in results:
+            config = checks.get(r.check)
+            if config is None or config.flap_count == 0:
+                continue
+            key = (r.check, r.target)
+            current = open_incidents.get(key)
+            flap = Flap(config.flap_count, config.flap_window, config.flap_ok)
+            if current is None and r.status != "ok" and confirmed_status(r) != "ok":
+                openings = await self.store.scalar(
+                    "SELECT COUNT(*) FROM incidents WHERE check_name = ? AND target = ? AND opened_at >= ?",
+                    (r.check, r.target, iso(now - timedelta(seconds=config.flap_window))))
+                flap = replace(flap, openings=openings or 0)
+            elif current is not None and current.flapping_since is not None and r.status == "ok":
+                earlier = await BeatStore(self.store).statuses(r.check, r.target, config.flap_ok - 1,
+                                                               before_beat=beat_id)
+                streak = next((i for i, s in enumerate(earlier) if s != "ok"), len(earlier))
+                flap = replace(flap, ok_streak=1 + streak)
+            out[key] = flap
+        return out
+
     async def list(self, *, status: str | None = None, limit: int = 100) -> list[Incident]:
         sql, params = "SELECT * FROM incidents", []
         if status:
@@ -119,30 +195,41 @@ class IncidentStore:
         out = []
         for t in changes:
             r = t.result
-            if t.change == "opened":
+            severity = t.severity or r.status
+            if t.change in ("opened", "flapping"):
+                flapping = now if t.change == "flapping" else None
                 try:
                     async with self.store.transaction() as db:
                         cur = await db.execute(
                             "INSERT INTO incidents(check_name, target, kind, status, severity, peak_severity, message, "
-                            "metrics, details, opened_at, updated_at) VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?)",
-                            (r.check, r.target, r.kind, r.status, r.status, r.message, json.dumps(r.metrics),
-                             json.dumps(r.details, default=str), iso(now), iso(now)))
+                            "metrics, details, opened_at, updated_at, flapping_since) "
+                            "VALUES (?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (r.check, r.target, r.kind, severity, severity, r.message, json.dumps(r.metrics),
+                             json.dumps(r.details, default=str), iso(now), iso(now),
+                             iso(flapping) if flapping else None))
                         incident_id = cur.lastrowid
                 except sqlite3.IntegrityError:
                     continue  # another process (a CLI beat beside the daemon) opened it first: it decides
                 assert incident_id is not None
-                incident = Incident(incident_id, r.check, r.target, r.kind, "open", r.status, r.status, r.message,
-                                    r.metrics, r.details, now, now, None, 1)
+                incident = Incident(incident_id, r.check, r.target, r.kind, "open", severity, severity, r.message,
+                                    r.metrics, r.details, now, now, None, 1, flapping_since=flapping)
                 await self._event("incident.opened", incident, None)
+                if flapping is not None:
+                    await self.events.emit("incident.flapping", IncidentFlapping(
+                        check=incident.check, target=incident.target, kind=incident.kind, severity=severity,
+                        message=incident.message, openings=t.flap.openings + 1, window_s=t.flap.window,
+                        ok_beats=t.flap.calm), source="incidents", incident_id=incident.id)
             else:
                 assert t.incident is not None
                 old = t.incident
                 if t.change == "resolved":
                     incident = replace(old, status="resolved", message=r.message, metrics=r.metrics,
                                        updated_at=now, resolved_at=now, beats=old.beats + 1)
+                elif t.change == "held":  # an ok beat of a flapping incident: it stays as it was
+                    incident = replace(old, updated_at=now, beats=old.beats + 1)
                 else:
-                    peak = r.status if SEVERITY[r.status] > SEVERITY[old.peak_severity] else old.peak_severity
-                    incident = replace(old, severity=r.status, peak_severity=peak, message=r.message,
+                    peak = severity if SEVERITY[severity] > SEVERITY[old.peak_severity] else old.peak_severity
+                    incident = replace(old, severity=severity, peak_severity=peak, message=r.message,
                                        metrics=r.metrics, details=r.details, updated_at=now, beats=old.beats + 1)
                 await self.store.execute(
                     "UPDATE incidents SET status=?, severity=?, peak_severity=?, message=?, metrics=?, details=?, "
@@ -199,4 +286,4 @@ def _incident(r: Any) -> Incident:
                     r["peak_severity"], r["message"], json.loads(r["metrics"]), json.loads(r["details"]),
                     parse_iso(r["opened_at"]), parse_iso(r["updated_at"]), ts(r["resolved_at"]), r["beats"],
                     ts(r["decided_at"]), r["last_verdict"], r["verify_action_id"], ts(r["verify_by"]),
-                    ts(r["retry_at"]))
+                    ts(r["retry_at"]), flapping_since=ts(r["flapping_since"]))

@@ -12,6 +12,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FaztAgentError
+from ..units import format_duration
 from ._client import AnthropicClient
 from ._loop import Transcript, converse, run_investigation
 from ._tools import Tool, ToolSet, investigation_tools
@@ -19,7 +20,7 @@ from .budget import Budget
 from .context import overview_values
 from .investigate import Scope
 from .llm import base_request
-from .prompt import Prompts, render
+from .prompt import Fence, Prompts, render
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -64,19 +65,20 @@ async def ask(rt: Runtime, question: str) -> dict[str, Any]:
     if last is not None:
         waited = (rt.clock.now() - last).total_seconds()
         if waited < section.ask_interval:
-            raise LlmUnavailable(f"the last question was {waited:.0f}s ago; at most one every "
-                                 f"{section.ask_interval:g}s ([llm] ask_interval): try again in "
-                                 f"{section.ask_interval - waited:.0f}s")
+            raise LlmUnavailable(f"the last question was {format_duration(waited)} ago; at most one every "
+                                 f"{format_duration(section.ask_interval)} ([llm] ask_interval): try again in "
+                                 f"{format_duration(section.ask_interval - waited)}")
     tools = ToolSet(investigation_tools(ASK_TOOLS))
-    scope = Scope.of(rt)
+    fence = Fence()  # one tag per question, named in its first message
+    scope = Scope.of(rt, fence=fence)
 
     async def run(tool: Tool, args: dict[str, Any]) -> tuple[str, bool]:
         return await run_investigation(scope, tool, args)
 
-    values = {"question": question.strip()[:2000], **await overview_values(rt)}
+    values = {"question": question.strip()[:2000], **await overview_values(rt, fence)}
     t = await converse(AnthropicClient(rt.config), budget, "ask",
-                       base_request(section, system, tools), render(prompts.ask, values).strip(), tools, run,
-                       section.max_steps)
+                       base_request(section, system, tools), fence.introduce(render(prompts.ask, values).strip()),
+                       tools, run, section.max_steps)
     return {"answer": _outcome(t), "model": section.model, "usage": t.record()}
 
 
@@ -98,9 +100,11 @@ async def summary(rt: Runtime) -> dict[str, Any]:
     async def run(tool: Tool, args: dict[str, Any]) -> tuple[str, bool]:
         return "no tools", False
 
+    fence = Fence()
     t = await converse(AnthropicClient(rt.config), budget, "summary",
                        base_request(section, system, ToolSet([])),
-                       render(prompts.summary, await overview_values(rt)).strip(), ToolSet([]), run, 1)
+                       fence.introduce(render(prompts.summary, await overview_values(rt, fence)).strip()),
+                       ToolSet([]), run, 1)
     result = {"beat_id": last["id"], "summary": _outcome(t), "model": section.model, "usage": t.record()}
     await rt.store.set_setting(SUMMARY_KEY, json.dumps(result))
     return {**result, "cached": False}

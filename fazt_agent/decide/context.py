@@ -1,6 +1,7 @@
 """What the LLM sees besides the tools: the values of the prompt templates, read from the store.
 
-Everything that came from the server or its history is fenced (`prompt.fence`); the tables are
+Everything that came from the server or its history is fenced (`prompt.Fence`, the one of the
+conversation the values are for); the tables are
 compact (one line per row) so a decision costs a few thousand tokens, not tens of thousands.
 """
 
@@ -11,7 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..clock import iso
-from .prompt import fence, number
+from .prompt import Fence, number
 
 if TYPE_CHECKING:
     from ..events import Event
@@ -38,7 +39,7 @@ def _event_line(e: Event) -> str:
     return f"{iso(e.ts)[:19]} {e.type}{extra}: {str(what)[:200]}".rstrip(": ")
 
 
-async def decide_values(rt: Runtime, incident: Incident) -> dict[str, str]:
+async def decide_values(rt: Runtime, incident: Incident, fence: Fence) -> dict[str, str]:
     """incident, trend, events, history and answers for prompts/decide.md."""
     facts = (f"check: {incident.check} (kind {incident.kind})\ntarget: {incident.target}\n"
              f"severity: {incident.severity} (peak {incident.peak_severity}), "
@@ -53,10 +54,10 @@ async def decide_values(rt: Runtime, incident: Incident) -> dict[str, str]:
     return {"incident": fence(f"incident {incident.id}", facts),
             "trend": fence(f"results of {incident.check}", trend or "none stored"),
             "events": fence(f"events of incident {incident.id}", "\n".join(lines) or "none"),
-            "history": await _history(rt, incident), "answers": await _answers(rt, incident)}
+            "history": await _history(rt, incident, fence), "answers": await _answers(rt, incident, fence)}
 
 
-async def _history(rt: Runtime, incident: Incident) -> str:
+async def _history(rt: Runtime, incident: Incident, fence: Fence) -> str:
     earlier = await rt.store.fetchall(
         "SELECT * FROM incidents WHERE check_name = ? AND id != ? ORDER BY id DESC LIMIT 5",
         (incident.check, incident.id))
@@ -69,7 +70,7 @@ async def _history(rt: Runtime, incident: Incident) -> str:
     return fence("earlier incidents of this check", "\n".join(blocks)) if blocks else "none"
 
 
-async def _answers(rt: Runtime, incident: Incident) -> str:
+async def _answers(rt: Runtime, incident: Incident, fence: Fence) -> str:
     rows = await rt.store.fetchall(
         "SELECT h.id, h.answer, h.answered_by, h.note, h.plan, h.answered_at, i.check_name FROM halts h "
         "LEFT JOIN incidents i ON h.incident_id = i.id WHERE h.answer IS NOT NULL AND h.answered_by != 'timeout' "
@@ -80,7 +81,7 @@ async def _answers(rt: Runtime, incident: Incident) -> str:
     return fence("the owner's answers", "\n".join(lines)) if lines else "none"
 
 
-async def overview_values(rt: Runtime) -> dict[str, str]:
+async def overview_values(rt: Runtime, fence: Fence) -> dict[str, str]:
     """status, beats and events for prompts/ask.md and prompts/summary.md."""
     from ..status import gather_status
 

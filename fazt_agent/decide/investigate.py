@@ -13,7 +13,7 @@ import heapq
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal
@@ -26,7 +26,7 @@ from ..errors import ActionError, FaztAgentError
 from ..kernel.base import ActionContext, Constraints
 from ..kernel.cleanup import _Scan, _walk, allowed_roots, inside, open_dir, target_roots
 from ..units import format_size
-from .prompt import fence, number
+from .prompt import Fence, number
 
 if TYPE_CHECKING:
     from ..incidents import Incident
@@ -46,18 +46,20 @@ class Args(BaseModel):
 
 @dataclass(frozen=True)
 class Scope:
-    """What the tools may see: the store, the allowed roots, the incident under decision."""
+    """What the tools may see: the store, the allowed roots, the incident under decision; and the
+    fence of the conversation their results go back into."""
 
     rt: Runtime
     action_context: ActionContext
     incident: Incident | None = None
+    fence: Fence = field(default_factory=Fence)
 
     @classmethod
-    def of(cls, rt: Runtime, incident: Incident | None = None) -> Scope:
+    def of(cls, rt: Runtime, incident: Incident | None = None, fence: Fence | None = None) -> Scope:
         c = rt.definitions.policy.constraints
         return cls(rt, ActionContext(clock=rt.clock, constraints=Constraints(
             cleanup_roots=tuple(c.cleanup_roots), service_units=tuple(c.service_units), domains=tuple(c.domains)),
-            settings={}), incident)
+            settings={}), incident, fence or Fence())
 
 
 Tool = Callable[[Scope, Any], Awaitable[str]]
@@ -100,7 +102,7 @@ async def beat_history(scope: Scope, args: HistoryArgs) -> str:
     rows = await scope.rt.store.fetchall(sql + " ORDER BY ts DESC LIMIT ?", (*params, args.limit))
     lines = [_row(r["ts"], r["status"], f"[{r['target']}] {r['message']}", json.loads(r["metrics"]))
              for r in reversed(rows)]
-    return fence(f"stored results of check {check}", "\n".join(lines) or "no results in that time")
+    return scope.fence(f"stored results of check {check}", "\n".join(lines) or "no results in that time")
 
 
 class EventsArgs(Args):
@@ -117,7 +119,7 @@ async def query_events(scope: Scope, args: EventsArgs) -> str:
                                         since=scope.rt.clock.now() - timedelta(hours=args.hours))
     lines = [f"{e.id} {iso(e.ts)[:19]} {e.type} incident={e.incident_id or '-'} "
              f"{json.dumps(e.data, separators=(',', ':'), default=str)[:300]}" for e in reversed(events)]
-    return fence("event log", "\n".join(lines) or "no matching events")
+    return scope.fence("event log", "\n".join(lines) or "no matching events")
 
 
 class LargestArgs(Args):
@@ -159,7 +161,7 @@ async def largest_paths(scope: Scope, args: LargestArgs) -> str:
         [root] = target_roots(args.root, scope.action_context)
     except ActionError as e:
         raise InvestigationError(str(e)) from None
-    return fence(f"sizes under {root}", await asyncio.to_thread(_largest, root, args.top))
+    return scope.fence(f"sizes under {root}", await asyncio.to_thread(_largest, root, args.top))
 
 
 class TailArgs(Args):
@@ -199,7 +201,7 @@ async def tail_log(scope: Scope, args: TailArgs) -> str:
         text = await asyncio.to_thread(_tail, real, args.lines)
     except OSError as e:
         raise InvestigationError(f"cannot read {real!r} without following a symlink: {e.strerror or e}") from None
-    return fence(f"log file {real}", text or "(empty)", limit=16000)
+    return scope.fence(f"log file {real}", text or "(empty)", limit=16000)
 
 
 class ProcessArgs(Args):
@@ -226,7 +228,7 @@ def _processes(args: ProcessArgs) -> str:
 
 @investigation("process_list", "Running processes with user, state, memory and CPU time.", ProcessArgs)
 async def process_list(scope: Scope, args: ProcessArgs) -> str:
-    return fence("process list", await asyncio.to_thread(_processes, args))
+    return scope.fence("process list", await asyncio.to_thread(_processes, args))
 
 
 class ProbeArgs(Args):
@@ -244,4 +246,4 @@ async def probe_detail(scope: Scope, args: ProbeArgs) -> str:
         raise InvestigationError(f"no stored result for check {args.check!r} (checks: {', '.join(names)})")
     text = "\n\n".join(json.dumps({"measured": iso(ts), **r.to_json()}, indent=1, default=str)[:4000]
                        for ts, r in latest[:5])
-    return fence(f"probe {args.check}", text)
+    return scope.fence(f"probe {args.check}", text)

@@ -30,7 +30,7 @@ from .budget import Budget
 from .context import decide_values
 from .investigate import Scope
 from .llm_events import LlmBudgetExhausted, LlmDiscarded, LlmFallback
-from .prompt import Prompts, TemplateError, render
+from .prompt import Fence, Prompts, TemplateError, render
 from .rules import Proposal
 
 if TYPE_CHECKING:
@@ -141,16 +141,18 @@ class LlmDecider:
                        tools: ToolSet) -> Transcript:
         offer = (f"Actions offered: {', '.join(t.name for t in tools.actions)}. Each is judged by the owner's policy "
                  "on its exact plan; prefer notify_only when unsure." if tools.actions else LOW_OFFER)
+        fence = Fence()  # a new tag per decision, named in its first message
         values = {"trigger": trigger, "autonomy": autonomy, "offer": offer, "max_steps": str(self.section.max_steps),
-                  **await decide_values(self.rt, incident)}
-        scope = Scope.of(self.rt, incident)
+                  **await decide_values(self.rt, incident, fence)}
+        scope = Scope.of(self.rt, incident, fence)
 
         async def run(tool: Tool, args: dict[str, Any]) -> tuple[str, bool]:
             return await run_investigation(scope, tool, args)
 
         system = prompts.system_prompt(self.engine.host, self.rt.config.agent.personality)
         return await converse(self.client, self.budget, "decide", base_request(self.section, system, tools),
-                              render(prompts.decide, values).strip(), tools, run, self.section.max_steps)
+                              fence.introduce(render(prompts.decide, values).strip()), tools, run,
+                              self.section.max_steps)
 
     async def _conclude(self, incident: Incident, trigger: str, autonomy: str, t: Transcript) -> Decision | None:
         if t.exhausted is not None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..clock import Clock
-from ..units import Duration
+from ..units import Duration, format_value
 
 Status = Literal["ok", "warning", "critical", "unknown"]
 SEVERITY: dict[str, int] = {"ok": 0, "unknown": 1, "warning": 2, "critical": 3}
@@ -46,7 +46,15 @@ class CheckResult:
 
 
 class CheckConfig(BaseModel):
-    """Keys every check has. Kinds subclass this and add `kind: Literal[...]` and their own."""
+    """Keys every check has. Kinds subclass this and add `kind: Literal[...]` and their own.
+
+    `for = N` (Monit's "for N cycles"): a problem opens an incident only after N beats in a row at
+    that severity or worse; until then the result says "(2 of 3 beats)" and nothing is sent. The
+    default is 1, except where a kind says otherwise (`system`: 3 when CPU or load alone is over
+    its threshold). Flap control: when `flap_count` incidents of one check and target open within
+    `flap_window`, the last is held open as flapping (reported once) until `flap_ok` ok beats in
+    a row; `flap_count = 0` turns it off.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,6 +63,17 @@ class CheckConfig(BaseModel):
     timeout: Duration | None = None    # default: [pulse] timeout
     enabled: bool = True
     service: str | None = None         # the unit serving what this check watches (for restarts)
+    for_: int | None = Field(None, alias="for", ge=1, le=1000)  # default: 1, or the kind's (`Check.confirmation`)
+    flap_count: int = Field(3, ge=0, le=1000)
+    flap_window: Duration = 3600.0
+    flap_ok: int = Field(5, ge=1, le=1000)
+
+    @field_validator("flap_count")
+    @classmethod
+    def _flap_count(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 would call every incident flapping: use 2 or more, or 0 to turn flap control off")
+        return value
 
 
 def threshold_pair(warning: str, critical: str) -> Any:
@@ -66,7 +85,9 @@ def threshold_pair(warning: str, critical: str) -> Any:
     def _check(cls: Any, value: float | None, info: ValidationInfo) -> float | None:
         limit = info.data.get(critical)
         if value is not None and limit is not None and value > limit:
-            raise ValueError(f"warning threshold {value:g} is beyond {critical} {limit:g}")
+            kind = cls.model_fields[warning].annotation  # a Size or Duration reads in its unit
+            raise ValueError(f"warning threshold {format_value(value, kind)} is beyond {critical} "
+                             f"{format_value(limit, kind)}")
         return value
 
     return field_validator(warning)(_check)
@@ -82,9 +103,16 @@ def judge(value: float, warning: float | None, critical: float | None) -> Status
 
 
 class History(Protocol):
-    """Read access to stored results, for checks that need a trend (disk fill rate)."""
+    """Read access to stored results: trends (disk fill rate), the previous result (the CPU
+    counters of the last beat) and recent statuses (confirmation of a problem over N beats)."""
 
     async def series(self, check: str, target: str, metric: str, since: datetime) -> list[tuple[datetime, float]]:
+        ...
+
+    async def last_result(self, check: str, target: str) -> tuple[datetime, CheckResult] | None:
+        ...
+
+    async def statuses(self, check: str, target: str, limit: int) -> list[str]:
         ...
 
 
@@ -92,6 +120,28 @@ class History(Protocol):
 class CheckContext:
     clock: Clock
     history: History | None = None
+    interval: float = 60.0   # the [pulse] interval, for checks whose config does not set their own
+
+
+CONFIRM_KEY = "confirm"
+
+
+def confirmed_status(result: CheckResult) -> Status:
+    """The status an incident may take from `result`: its own, unless a `for = N` check has not
+    seen it for N beats yet (then the worst status all of the last N beats reached, often ok)."""
+    confirm = result.details.get(CONFIRM_KEY)
+    if isinstance(confirm, dict) and confirm.get("confirmed") in SEVERITY:
+        return confirm["confirmed"]  # type: ignore[no-any-return]
+    return result.status
+
+
+def pending(result: CheckResult) -> tuple[int, int] | None:
+    """(beats so far, beats needed) for a problem its check's `for` has not confirmed yet, else None."""
+    confirm = result.details.get(CONFIRM_KEY)
+    if result.status == "ok" or not isinstance(confirm, dict):
+        return None
+    beats, needed = int(confirm.get("beats", 0)), int(confirm.get("for", 1))
+    return (beats, needed) if beats < needed else None
 
 
 class Check:
@@ -106,6 +156,11 @@ class Check:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def confirmation(self, result: CheckResult) -> tuple[int, Status]:
+        """How many beats in a row `result`'s status needs before an incident opens, and the status
+        it may open at without waiting (a kind whose metrics differ in noise overrides this)."""
+        return self.config.for_ or 1, "ok"
 
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         """Measure; return one result per target. Raise CheckError when it cannot measure."""

@@ -83,6 +83,23 @@ class BeatStore:
         return [{"id": b["id"], "ts": b["ts"], "status": b["status"], "duration_ms": b["duration_ms"],
                  "problems": by_beat.get(b["id"], [])} for b in beats]
 
+    async def last_result(self, check: str, target: str) -> tuple[datetime, CheckResult] | None:
+        """The newest stored result of one check target, with when it was measured."""
+        row = await self.store.fetchone(
+            "SELECT * FROM results WHERE check_name = ? AND target = ? ORDER BY ts DESC, beat_id DESC LIMIT 1",
+            (check, target))
+        return (parse_iso(row["ts"]), _result(row)) if row else None
+
+    async def statuses(self, check: str, target: str, limit: int, *, before_beat: int | None = None) -> list[str]:
+        """The statuses of the last `limit` stored results of one check target, newest first
+        (only those of beats before `before_beat` when given). Uses the (check, target, ts) index."""
+        sql, params = "SELECT status FROM results WHERE check_name = ? AND target = ?", [check, target]
+        if before_beat is not None:
+            sql += " AND beat_id < ?"
+            params.append(before_beat)
+        rows = await self.store.fetchall(sql + " ORDER BY ts DESC, beat_id DESC LIMIT ?", (*params, limit))
+        return [r[0] for r in rows]
+
     async def targets(self, check: str) -> list[str]:
         rows = await self.store.fetchall(
             "SELECT DISTINCT target FROM results WHERE check_name = ? ORDER BY target", (check,))

@@ -44,7 +44,7 @@ class Pulse:
         checks = self.checks if everything else self.due(started)
         ts = self.clock.now()
         t0 = time.perf_counter()
-        results = await run_checks(checks, CheckContext(self.clock, self.beats), self.timeout)
+        results = await run_checks(checks, CheckContext(self.clock, self.beats, self.interval), self.timeout)
         duration = (time.perf_counter() - t0) * 1000
         for c in checks:
             self._last_run[c.name] = started

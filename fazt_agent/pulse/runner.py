@@ -2,6 +2,11 @@
 
 A check that raises or times out yields one `unknown` result that says why; the other checks
 of the beat are not affected.
+
+A problem of a check with `for = N` (N > 1) is then compared with the stored results of the
+same check and target: `details.confirm` says how many beats in a row reached its severity and
+which status all of the last N beats reached (what an incident may open at), and the message
+ends with "(1 of 3 beats)" until the problem is confirmed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ..errors import CheckError
-from .base import Check, CheckContext, CheckResult, Status, worst
+from .base import CONFIRM_KEY, SEVERITY, Check, CheckContext, CheckResult, History, Status, worst
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,30 @@ async def run_check(check: Check, ctx: CheckContext, default_timeout: float) -> 
 
 
 async def run_checks(checks: list[Check], ctx: CheckContext, default_timeout: float) -> list[CheckResult]:
-    """Run `checks` concurrently; results come back in the order of `checks`."""
+    """Run `checks` concurrently; results come back in the order of `checks`, problems of `for = N`
+    checks annotated with how far they are confirmed (see the module docstring)."""
     groups = await asyncio.gather(*(run_check(c, ctx, default_timeout) for c in checks))
-    return [r for group in groups for r in group]
+    return [await confirm(c, r, ctx.history) for c, group in zip(checks, groups, strict=True) for r in group]
+
+
+async def confirm(check: Check, result: CheckResult, history: History | None) -> CheckResult:
+    """`result` with `details.confirm` when its check wants N > 1 beats before an incident opens.
+
+    One indexed query (the last N-1 stored statuses of this check and target), only for results
+    that are not ok. Without history the stored beats are unknown: this beat is the first.
+    """
+    if result.status == "ok":
+        return result
+    needed, at_once = check.confirmation(result)
+    if needed <= 1:
+        return result
+    previous = await history.statuses(result.check, result.target, needed - 1) if history is not None else []
+    window = [result.status, *previous]
+    level = SEVERITY[result.status]
+    beats = next((i for i, s in enumerate(window) if SEVERITY[s] < level), len(window))
+    # what every one of the last N beats reached; fewer than N beats stored: nothing confirmed yet
+    reached: Status = min(window, key=SEVERITY.__getitem__) if len(window) >= needed else "ok"  # type: ignore
+    confirmed = worst([reached, at_once])
+    details = {**result.details, CONFIRM_KEY: {"for": needed, "beats": beats, "confirmed": confirmed}}
+    message = result.message if beats >= needed else f"{result.message} ({beats} of {needed} beats)"
+    return replace(result, message=message, details=details)
