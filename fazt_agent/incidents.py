@@ -137,6 +137,15 @@ def transitions(open_incidents: dict[tuple[str, str], Incident], results: list[C
             out.append(Transition("worsened", r, current, confirmed, flap))
         else:
             out.append(Transition("unchanged", r, current, current.severity, flap))
+    # A check that could not measure at all reports `unknown` for its own target; for a kind of
+    # several targets (disk) or none that is "". Once it measures again, that incident is over.
+    measured = {r.check: r for r in results if r.target != ""}
+    reported = {(r.check, r.target) for r in results}
+    for (check, target), current in open_incidents.items():
+        if target == "" and check in measured and (check, "") not in reported:
+            r = measured[check]
+            ok = CheckResult(check, r.kind, "", "ok", f"{check} measures again", {}, {})
+            out.append(Transition("resolved", ok, current, "ok"))
     return out
 
 

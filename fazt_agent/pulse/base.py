@@ -157,6 +157,13 @@ class Check:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def target(self) -> str:
+        """What a check of one target measures (a path, a URL): the target of its `unknown` result
+        when it cannot measure, so that incident is the same one its measurements open and resolve.
+        "" for kinds that report several targets (disk) or none (system)."""
+        return ""
+
     def confirmation(self, result: CheckResult) -> tuple[int, Status]:
         """How many beats in a row `result`'s status needs before an incident opens, and the status
         it may open at without waiting (a kind whose metrics differ in noise overrides this)."""

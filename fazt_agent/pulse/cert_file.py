@@ -70,6 +70,10 @@ class CertFileCheck(Check):
     Config = CertFileConfig
     config: CertFileConfig
 
+    @property
+    def target(self) -> str:
+        return str(self.config.path)
+
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         from ..certs.x509 import CertError, key_matches, load_chain, load_key
 

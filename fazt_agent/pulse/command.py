@@ -118,6 +118,10 @@ class CommandCheck(Check):
     Config = CommandConfig
     config: CommandConfig
 
+    @property
+    def target(self) -> str:
+        return self.config.target or self.name
+
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         c = self.config
         try:

@@ -80,6 +80,10 @@ class DirSizeCheck(Check):
     Config = DirSizeConfig
     config: DirSizeConfig
 
+    @property
+    def target(self) -> str:
+        return self.config.path
+
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         path = self.config.path
         size, files, unreadable = await asyncio.to_thread(total_size, path)

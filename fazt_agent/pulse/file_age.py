@@ -43,6 +43,10 @@ class FileAgeCheck(Check):
     Config = FileAgeConfig
     config: FileAgeConfig
 
+    @property
+    def target(self) -> str:
+        return self.config.path
+
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         c = self.config
         found, mtime, count, unreadable = await asyncio.to_thread(newest, c.path, c.pattern)

@@ -86,6 +86,10 @@ class HttpCheck(Check):
     Config = HttpConfig
     config: HttpConfig
 
+    @property
+    def target(self) -> str:
+        return self.config.url
+
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         import httpx
 

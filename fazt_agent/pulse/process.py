@@ -54,6 +54,10 @@ class ProcessCheck(Check):
     Config = ProcessConfig
     config: ProcessConfig
 
+    @property
+    def target(self) -> str:
+        return self.config.process
+
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         c = self.config
         count, cpu, rss = await asyncio.to_thread(find, c.process, c.match)

@@ -54,14 +54,14 @@ async def run_check(check: Check, ctx: CheckContext, default_timeout: float) -> 
         if not results:
             raise CheckError("the check returned no result")
     except asyncio.TimeoutError:
-        results = [check.result("", "unknown", f"timed out after {timeout:g}s")]
+        results = [check.result(check.target, "unknown", f"timed out after {timeout:g}s")]
     except CheckError as e:
-        results = [check.result("", "unknown", str(e))]
+        results = [check.result(check.target, "unknown", str(e))]
     except asyncio.CancelledError:
         raise
     except Exception as e:  # supervisor boundary: one broken check never breaks the beat
         log.warning("check %r failed: %s: %s", check.name, type(e).__name__, e)
-        results = [check.result("", "unknown", f"check failed: {type(e).__name__}: {e}")]
+        results = [check.result(check.target, "unknown", f"check failed: {type(e).__name__}: {e}")]
     elapsed = (time.perf_counter() - start) * 1000
     service = check.config.service
     return [replace(r, duration_ms=elapsed, details={**r.details, "service": service} if service else r.details)

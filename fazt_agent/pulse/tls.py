@@ -49,6 +49,10 @@ class TlsCheck(Check):
     Config = TlsConfig
     config: TlsConfig
 
+    @property
+    def target(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         from ..certs.probe import chain_problem, served_chain, trust_store  # lazy: cryptography
         from ..certs.x509 import covers
