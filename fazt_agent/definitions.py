@@ -32,6 +32,26 @@ class Definitions:
     kernel: KernelSettings = field(default_factory=KernelSettings)
 
 
+class DefinitionsBroken(ConfigError):
+    """Something that acts on the definitions was asked for while a definition file is broken."""
+
+    def __init__(self, what: str, issues: list[Issue], hint: str | None = None):
+        super().__init__(issues)
+        self.what = what
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return (f"{self.what} needs valid definitions; broken: {broken_summary(self.issues)}. Fix it "
+                "(`fazt-agent config check` lists every error); a running daemon keeps its last good definitions"
+                + (f". {self.hint}" if self.hint else ""))
+
+
+def broken_summary(issues: list[Issue], shown: int = 3) -> str:
+    """What is broken, on one line: `FILE:KEY: message; FILE:KEY: message (and 2 more)`."""
+    text = "; ".join(" ".join(str(i).split()) for i in issues[:shown])
+    return text + (f" (and {len(issues) - shown} more)" if len(issues) > shown else "")
+
+
 @cache
 def pulse_file_model() -> type[BaseModel]:
     """The model of one pulse/*.toml file: `[[checks]]` tables, one union member per kind."""
@@ -74,6 +94,20 @@ def load_definitions(config: Config) -> Definitions:
     Raises:
         ConfigError: any file is unreadable or invalid (every issue of every file listed).
     """
+    definitions, issues = read_definitions(config)
+    if issues:
+        raise ConfigError(issues)
+    return definitions
+
+
+def read_definitions(config: Config) -> tuple[Definitions, list[Issue]]:
+    """Load every definition folder of `config`, keeping what loaded: the checks, rules and
+    settings of the valid files, and every issue of the others.
+
+    For commands that do not act on the definitions (status, lists, deny, the event log): one
+    broken file must not lock the owner out while a running daemon keeps its last good set.
+    Whatever acts (the daemon, `beat`, plans, approvals) uses `load_definitions`, all or nothing.
+    """
     issues: list[Issue] = []
     folder = config.folders["pulse"]
     if config.file.paths.pulse is not None and not folder.is_dir():
@@ -90,6 +124,6 @@ def load_definitions(config: Config) -> Definitions:
         Prompts.load(config.folders["prompts"])
     except ConfigError as e:
         issues += e.issues
-    if issues:
-        raise ConfigError(issues)
-    return Definitions(checks=checks, files=files, policy=policy, kernel=kernel)
+    except OSError as e:  # an unreadable template
+        issues.append(Issue(str(e.filename or config.folders["prompts"]), "", f"cannot read file: {e.strerror or e}"))
+    return Definitions(checks=checks, files=files, policy=policy, kernel=kernel), issues

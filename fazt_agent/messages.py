@@ -23,17 +23,30 @@ def where(incident: Incident) -> str:
     return f"{incident.check} {incident.target}".strip()
 
 
-def _steps(plan: Plan) -> str:
-    lines = [f"  - {s}" for s in plan.steps[:MAX_STEPS_SHOWN]]
-    if len(plan.steps) > MAX_STEPS_SHOWN:
-        lines.append(f"  ... and {len(plan.steps) - MAX_STEPS_SHOWN} more (fazt-agent halts show ID)")
+def steps(plan: Plan, halt_id: int | str = "ID", limit: int | None = MAX_STEPS_SHOWN) -> str:
+    """The plan's steps, one a line: the first `limit` and how many more (all with `limit=None`)."""
+    shown = plan.steps if limit is None else plan.steps[:limit]
+    lines = [f"  - {s}" for s in shown]
+    if len(plan.steps) > len(shown):
+        lines.append(f"  ... and {len(plan.steps) - len(shown)} more (fazt-agent halts show {halt_id})")
     return "\n".join(lines)
+
+
+def all_steps(halt: Halt) -> str:
+    """A halt's text with every step of its plan (`halts show`): the stored body lists the first
+    MAX_STEPS_SHOWN and points here for the rest."""
+    for ident in (halt.id, "ID"):  # the body is written before and after the halt has its id
+        short = steps(halt.plan, ident)
+        if len(halt.plan.steps) > MAX_STEPS_SHOWN and short in halt.body:
+            return halt.body.replace(short, steps(halt.plan, limit=None))
+    return halt.body
 
 
 def incident_notice(incident: Incident, reason: str, personality: Personality, host: str,
                     plan: Plan | None = None) -> tuple[str, str]:
     """Title and body telling the owner about a problem the agent will not fix by itself."""
-    title = f"[{host}] {incident.severity}: {where(incident)}"
+    flapping = ", flapping" if incident.flapping_since is not None else ""
+    title = f"[{host}] {incident.severity}{flapping}: {where(incident)}"
     facts = [f"{where(incident)} is {incident.severity}: {incident.message}"]
     if plan is not None and not plan.noop:
         facts.append(f"Proposed: {plan.summary} (not done: {reason})")
@@ -60,7 +73,7 @@ def halt_request(halt_id: int | None, incident: Incident | None, plan: Plan, rea
         lines.append(f"Problem: {subject} is {incident.severity}: {incident.message}")
     lines.append(f"Plan: {plan.summary} (risk: {plan.risk}, {'reversible' if plan.reversible else 'not reversible'})")
     if plan.steps:
-        lines.append(_steps(plan))
+        lines.append(steps(plan, ident))
     lines.append(f"Why I ask: {reason}")
     lines.append(f"Options: {', '.join(options)} (default on timeout: {default}, expires {expires})")
     lines.append(f"Answer: fazt-agent approve {ident}  |  fazt-agent deny {ident}  |  "
@@ -83,8 +96,10 @@ def halt_reminder(halt: Halt, personality: Personality, host: str) -> tuple[str,
     return title, body
 
 
-def action_report(summary: str, ok: bool, message: str, incident: Incident | None, host: str) -> tuple[str, str]:
-    status = "done" if ok else "FAILED"
+def action_report(summary: str, ok: bool, message: str, incident: Incident | None, host: str,
+                  changed: bool = True) -> tuple[str, str]:
+    """An action's result. One that went without error but changed nothing is "nothing done", never "done"."""
+    status = "FAILED" if not ok else "done" if changed else "nothing done"
     title = f"[{host}] {status}: {summary}"
     body = f"{summary}: {message}"
     if incident is not None:

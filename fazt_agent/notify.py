@@ -5,7 +5,8 @@ delivery is never lost: the row stays `pending` and `deliver_due` retries it wit
 backoff until it is sent or, after `max_attempts`, given up. Each attempt claims its row with a
 conditional UPDATE (a lease), so several processes sharing the database send it only once.
 
-Channels: apprise, for the configured URLs; without URLs, the log (a WARNING on this logger).
+Channels: apprise, for the configured URLs; without URLs, the log (this logger, at the level of
+the severity: info, warning, error for a failure, critical).
 URLs carry secrets (tokens, passwords): they are never logged nor stored; errors name a channel
 by `config.redacted(url)`.
 """
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 # severity -> apprise NotifyType value; `critical` (a check status) is sent as a failure
 _NOTIFY_TYPE = {"info": "info", "warning": "warning", "failure": "failure", "critical": "failure"}
 SEVERITIES = tuple(_NOTIFY_TYPE)
+# severity -> the log level of the log channel: an "action done" notice is no warning
+LOG_LEVEL = {"info": logging.INFO, "warning": logging.WARNING, "failure": logging.ERROR, "critical": logging.CRITICAL}
 LEASE = timedelta(seconds=120)        # how long a claimed attempt keeps others off the row
 SEND_TIMEOUT = 60.0                   # apprise's limit for one attempt; must stay below LEASE
 
@@ -155,7 +158,7 @@ class Notifications:
         return text
 
     async def _send_log(self, title: str, body: str, severity: str) -> None:
-        log.warning("notification (%s): %s\n%s", severity, title, body)
+        log.log(LOG_LEVEL[severity], "notification (%s): %s\n%s", severity, title, body)
 
     async def _send_apprise(self, title: str, body: str, severity: str) -> None:
         async with self._build_lock:

@@ -1,13 +1,15 @@
 """Human units in config files: durations ("90s", "5m", "7d") and sizes ("500MB", "2GiB").
 
 Both parse into plain numbers (seconds as float, bytes as int) and are used as pydantic
-types so a bad value fails at load time with the file and key named.
+types so a bad value fails at load time with the file and key named. The `format_*` helpers
+write them back for people ("5 min", "1.2 GiB", "1,250,000"); messages use them rather than
+`:g`, which prints "5e+09" and "0.0166667 min".
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import BeforeValidator
 
@@ -63,15 +65,37 @@ def parse_size(value: Any) -> int:
     raise ValueError(f"expected a size like '500MB' or '2GiB', got {value!r}")
 
 
+_UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
+
+
+def _largest_unit(seconds: float) -> int:
+    """The index in _UNITS of the first unit shown; hours go up to 48 h ("halts expire after 24 h")."""
+    if seconds >= 2 * 86400:
+        return 0
+    return 1 if seconds >= 3600 else 2 if seconds >= 60 else 3
+
+
 def format_duration(seconds: float) -> str:
-    """A short human form: 45s, 12m, 3.5h, 2d."""
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+    """A duration as the owner reads it: "250 ms", "45 s", "5 min", "2 h 30 min", "36 h", "3 d 4 h".
+
+    At most two units (rounded to the second one), the second dropped when it is zero.
+    """
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    if seconds < 1:
+        return "0 s" if not seconds else f"{seconds * 1000:.0f} ms" if seconds >= 0.001 else "less than 1 ms"
+    if seconds < 10 and seconds != int(seconds):
+        return f"{seconds:.1f}".rstrip("0").rstrip(".") + " s"
+    step = _UNITS[min(_largest_unit(seconds) + 1, len(_UNITS) - 1)][1]
+    seconds = round(seconds / step) * step
+    top = _largest_unit(seconds)  # again: rounding may carry into a larger unit (59.6 s is 1 min)
+    name, size = _UNITS[top]
+    whole, rest = divmod(seconds, size)
+    text = f"{whole:.0f} {name}"
+    if rest and top + 1 < len(_UNITS):
+        smaller, smaller_size = _UNITS[top + 1]
+        text += f" {rest / smaller_size:.0f} {smaller}"
+    return text
 
 
 def format_size(n: float) -> str:
@@ -81,6 +105,55 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def format_value(value: float, annotation: Any) -> str:
+    """`value` of a config field in the unit its type declares: a `Size` as "4.7 GiB", a
+    `Duration` as "5 min", any other number as it is ("90", "0.5"), never as "5e+09"."""
+    parser = _parser(annotation)
+    if parser is parse_size:
+        return format_size(value)
+    if parser is parse_duration:
+        return format_duration(value)
+    return format_number(value)
+
+
+def format_number(value: float) -> str:
+    """A plain number for people: "1,250,000", "0.75", "0.00001" (never "1.25e+06")."""
+    if float(value).is_integer() or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def format_metric(name: str, value: float) -> str:
+    """A stored metric value in the unit its name ends with: `size_bytes` as "4.7 GiB",
+    `growth_bytes_per_hour` as "1.2 MiB/h", `age_seconds` as "3 h", `latency_ms` as "250 ms",
+    `full_in_hours` as "2 d", `used_percent` as "91.5%", anything else as a plain number."""
+    if name.endswith("_bytes"):
+        return format_size(value)
+    if name.endswith("_bytes_per_hour"):
+        return f"{format_size(value)}/h"
+    if name.endswith("_seconds"):
+        return format_duration(value)
+    if name.endswith("_ms"):
+        return format_duration(value / 1000)
+    if name.endswith("_hours"):
+        return format_duration(value * 3600)
+    if name.endswith("_percent"):
+        return f"{value:.1f}%"
+    return format_number(round(value, 3))
+
+
+def _parser(annotation: Any) -> Any:
+    """parse_size or parse_duration when `annotation` is (an optional) Size or Duration."""
+    for meta in getattr(annotation, "__metadata__", ()):
+        if isinstance(meta, BeforeValidator) and meta.func in (parse_size, parse_duration):
+            return meta.func
+    for arg in get_args(annotation):
+        found = _parser(arg)
+        if found is not None:
+            return found
+    return None
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

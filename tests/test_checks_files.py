@@ -137,7 +137,7 @@ async def test_file_age_is_the_age_of_the_newest_matching_file(backups):
     assert result.status == "warning"
     assert result.target == str(backups)
     assert result.metrics == {"age_seconds": 30 * HOUR, "files": 2.0}
-    assert result.message == f"newest {os.path.join('2025', 'db-2.tar.gz')} is 30.0h old (2 matching)"
+    assert result.message == f"newest {os.path.join('2025', 'db-2.tar.gz')} is 30 h old (2 matching)"
     assert result.details["newest"] == str(backups / "2025" / "db-2.tar.gz")
 
 

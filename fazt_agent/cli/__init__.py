@@ -7,21 +7,42 @@ from pathlib import Path
 import typer
 
 from . import certs, core, events, llm, loop, mcp, pulse
-from ._common import state
+from ._common import cli_logging, state
 
-app = typer.Typer(name="fazt-agent", no_args_is_help=True, add_completion=False,
+# rich_markup_mode=None: help texts are plain text. Rich markup would eat `[http]` as a tag and turn
+# `FILE:KEY:` into an emoji (`:key:`), and it labels every flag `<bool>`.
+app = typer.Typer(name="fazt-agent", no_args_is_help=True, add_completion=True, rich_markup_mode=None,
                   help="fazt-agent: the autonomous operator of your server.",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
-@app.callback()
-def _global(config: Path = typer.Option(None, "--config", "-c", envvar=None, dir_okay=False,
-                                        help="config.toml to use (else $FAZT_AGENT_CONFIG, ./config.toml, "
-                                             "/etc/fazt-agent/config.toml, embedded defaults).")) -> None:
-    state.config_path = config
-    from .. import logs
+def version() -> str:
+    """The installed package's version (what pip and the wheel say), else the source's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
-    logs.setup("warning")  # `run` sets its own level and format from the config
+    try:
+        return installed("fazt-agent")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from .. import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fazt-agent {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(config: Path = typer.Option(None, "--config", "-c", envvar=None, dir_okay=False, metavar="FILE",
+                                        help="config.toml to use (else $FAZT_AGENT_CONFIG, ./config.toml, "
+                                             "/etc/fazt-agent/config.toml, embedded defaults)."),
+            _version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")) -> None:
+    state.config_path = config
+    cli_logging()  # `run` and `mcp serve --http` set their own level and format from the config
 
 
 app.command("init")(core.init)

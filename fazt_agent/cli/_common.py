@@ -38,6 +38,31 @@ def fail(message: str, hint: str | None = None, code: int = EXIT_PROBLEM) -> NoR
     raise typer.Exit(code)
 
 
+NOTIFY_LOGGER = "fazt_agent.notify"
+
+
+def cli_logging() -> None:
+    """Logs of a one-shot command: warnings and worse, and every notification. Without notification
+    URLs the log is the owner's channel, so `beat` shows "done: ..." (info) as well as the warnings."""
+    import logging
+
+    from .. import logs
+
+    logs.setup("warning")
+    logging.getLogger(NOTIFY_LOGGER).setLevel(logging.INFO)
+
+
+def service_logging(level: str, fmt: str) -> None:
+    """Logs of a long-running process (`run`, `mcp serve --http`): the configured level and format
+    for everything, notifications included."""
+    import logging
+
+    from .. import logs
+
+    logs.setup(level, fmt)
+    logging.getLogger(NOTIFY_LOGGER).setLevel(logging.NOTSET)
+
+
 def load() -> Any:
     """The configuration, or exit 2 with `FILE:KEY` lines."""
     from .. import logs
@@ -57,10 +82,22 @@ def report_config_error(e: ConfigError) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
+def report_broken(e: Any) -> NoReturn:
+    """A command that acts on the definitions, refused while one is broken: the FILE:KEY lines, then why."""
+    for issue in e.issues:
+        typer.secho(str(issue), err=True, fg="red")
+    fail(f"{e.what} needs valid definitions: fix what is listed above (`fazt-agent config check` lists every "
+         "error); a running daemon keeps its last good definitions", hint=e.hint, code=EXIT_USAGE)
+
+
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     """Run an async command body, turning our errors into one-line messages."""
+    from ..definitions import DefinitionsBroken
+
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except DefinitionsBroken as e:
+        report_broken(e)
     except ConfigError as e:
         report_config_error(e)
     except FaztAgentError as e:
@@ -68,12 +105,26 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 @asynccontextmanager
-async def runtime(config: Any = None) -> AsyncIterator[Any]:
-    """An open Runtime on the configured data dir, closed afterwards."""
+async def runtime(config: Any = None, *, needs_definitions: str | None = "this command",
+                  hint: str | None = None) -> AsyncIterator[Any]:
+    """An open Runtime on the configured data dir, closed afterwards.
+
+    `needs_definitions` says what the command does with the definitions (the policy, checks,
+    kernel settings, prompts): while a file is broken it is refused (exit 2, the FILE:KEY lines
+    and `hint`). None for commands that only read the store or deny (status, lists, `deny`, the
+    event log, tokens, pause): they work with what loaded and one warning line naming the broken
+    file, so one bad edit never locks the owner out while the daemon keeps its last good set.
+    """
+    from ..definitions import broken_summary
     from ..runtime import Runtime
 
-    rt = await Runtime.open(config or load())
+    rt = await Runtime.open(config or load(), lenient=True)
     try:
+        if needs_definitions is not None:
+            rt.require_definitions(needs_definitions, hint)
+        elif rt.issues:
+            typer.secho(f"warning: broken definitions: {broken_summary(rt.issues)} (a running daemon keeps its last "
+                        "good definitions; commands that act on them refuse until it is fixed)", err=True, fg="yellow")
         yield rt
     finally:
         await rt.close()

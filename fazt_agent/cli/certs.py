@@ -18,7 +18,7 @@ def certs_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     """The latest result of every cert_file and tls check; exit 1 when one is not ok."""
 
     async def body() -> list[Any]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             watched = {c.name for c in rt.pulse.checks if c.kind in KINDS}
             return [(ts, r) for ts, r in await rt.beats.latest() if r.check in watched and r.kind in KINDS]
 
@@ -49,7 +49,7 @@ def certs_renew(name: str = typer.Argument(..., help="A [[certificates]] name fr
     from .loop import engine
 
     async def body() -> Any:
-        async with engine() as e:
+        async with engine("renewing a certificate") as e:
             return await e.gate(Proposal("ssl.renew", {"name": name}, None, "manual", "requested on the command line"),
                                 incident=None, trigger="manual", requested_by="cli")
 

@@ -43,7 +43,7 @@ def list_events(type_glob: str = typer.Option(None, "--type", help="Only types m
     age = _since(since)
 
     async def body() -> list[Any]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             return await rt.events.list(type_glob=type_glob, since=(rt.clock.now() - age) if age else None,
                                         limit=limit)
 
@@ -67,7 +67,7 @@ def tail(type_glob: str = typer.Option(None, "--type", help="Only types matching
         sys.stdout.flush()
 
     async def body() -> None:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             for e in reversed(await rt.events.list(type_glob=type_glob, limit=lines) if lines else []):
                 show(e)
             last = await rt.events.last_id()
@@ -88,7 +88,7 @@ def verify() -> None:
     """Check the hash chain; exit 1 naming the first row that was altered or removed."""
 
     async def body() -> Any:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             return await rt.events.verify()
 
     result = run(body)
@@ -107,7 +107,7 @@ def export(type_glob: str = typer.Option(None, "--type", help="Only types matchi
     age = _since(since)
 
     async def body() -> None:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             last = 0
             cutoff = (rt.clock.now() - age) if age else None
             while True:

@@ -34,7 +34,7 @@ def decisions_list(limit: int = typer.Option(20, "--limit", min=1, help="How man
         fail(f"unknown planner {planner!r} (accepted: llm, rules)", code=EXIT_USAGE)
 
     async def body() -> list[Any]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             rows = await rt.store.fetchall(
                 f"SELECT id FROM events WHERE type IN ({','.join('?' * len(TYPES))}) "
                 + ("AND (json_extract(data, '$.planner') = ? OR (? = 'llm' AND type GLOB 'llm.*')) "
@@ -47,7 +47,7 @@ def decisions_list(limit: int = typer.Option(20, "--limit", min=1, help="How man
         print_json([e.to_json() for e in events])
         return
     if not events:
-        typer.echo("no decisions yet")
+        typer.echo(f"no decisions by the {planner} planner" if planner else "no decisions yet")
         return
     from rich.table import Table
 
@@ -70,7 +70,7 @@ def decisions_show(event_id: int = typer.Argument(..., help="The event id from `
     """One decision: verdict, reason, plan, and for the LLM the model, tokens, cost and tool calls."""
 
     async def body() -> Any:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             return await rt.events.get(event_id)
 
     e = run(body)

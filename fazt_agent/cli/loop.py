@@ -18,10 +18,11 @@ halts_app = typer.Typer(help="Approval requests waiting for the owner.", no_args
 
 
 @asynccontextmanager
-async def engine() -> AsyncIterator[Any]:
+async def engine(needs_definitions: str | None, hint: str | None = None) -> AsyncIterator[Any]:
+    """An Engine on an open Runtime; see `runtime` for `needs_definitions`."""
     from ..engine import Engine
 
-    async with runtime() as rt:
+    async with runtime(needs_definitions=needs_definitions, hint=hint) as rt:
         yield Engine(rt)
 
 
@@ -46,9 +47,10 @@ def policy_check() -> None:
     """Validate the policy files (and the kernel settings they rely on); FILE:KEY errors, exit 2."""
     from ..kernel import ACTIONS
     from ..policy.model import load_policy
+    from ..pulse import CHECKS
 
     config = load()
-    policy, issues = load_policy(config.folders["policies"], set(ACTIONS))
+    policy, issues = load_policy(config.folders["policies"], set(ACTIONS), set(CHECKS))
     if issues:
         for issue in issues:
             typer.secho(str(issue), err=True, fg="red")
@@ -62,7 +64,7 @@ def policy_explain(as_json: bool = typer.Option(False, "--json", help="Print JSO
     from ..policy.explain import explain
 
     async def body() -> list[dict[str, Any]]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions="explaining the policy") as rt:
             return explain(rt.definitions.policy)
 
     rows = run(body)
@@ -99,7 +101,7 @@ def policy_simulate(incident_file: Path = typer.Option(..., "--incident", exists
     async def body() -> dict[str, Any]:
         from ..decide.rules import rules_planner
 
-        async with engine() as e:
+        async with engine("simulating the policy") as e:
             level = autonomy or await e.rt.autonomy()
             proposal = rules_planner(e.policy, incident)
             result: dict[str, Any] = {"autonomy": level, "rule": proposal.rule.name if proposal.rule else None,
@@ -131,26 +133,28 @@ def autonomy(level: Optional[str] = typer.Argument(None, help="low, medium or hi
     if level is not None and level not in ("low", "medium", "high"):
         fail(f"unknown autonomy level {level!r} (accepted: low, medium, high)", code=EXIT_USAGE)
 
-    async def body() -> tuple[str, str | None]:
-        async with engine() as e:
-            if level is None:
-                return await e.rt.autonomy(), None
-            return level, await e.set_autonomy(level, by="cli")
+    async def body() -> tuple[str, str | None, Any]:
+        async with engine(needs_definitions=None) as e:
+            old = None if level is None else await e.set_autonomy(level, by="cli")
+            state = await e.rt.autonomy_state()
+            return state.level, old, state
 
-    current, old = run(body)
+    current, old, state = run(body)
     if old is None:
         typer.echo(current)
+        if state.source == "override":   # stdout stays the bare level, for scripts
+            typer.echo(f"autonomy {state.summary}", err=True)
     elif old == current:
-        typer.echo(f"autonomy is already {current}")
+        typer.echo(f"autonomy is already {state.summary}")
     else:
-        typer.echo(f"autonomy: {old} → {current}")
+        typer.echo(f"autonomy: {old} → {state.summary}")
 
 
 def pause() -> None:
     """Observe and record only: no actions, approvals or notifications until `resume`."""
 
     async def body() -> bool:
-        async with engine() as e:
+        async with engine(needs_definitions=None) as e:
             return await e.set_paused(True, by="cli")
 
     typer.echo("paused: observing and recording only" if run(body) else "already paused")
@@ -160,7 +164,7 @@ def resume() -> None:
     """End a pause: incidents decided while paused get a fresh decision on the next beat."""
 
     async def body() -> bool:
-        async with engine() as e:
+        async with engine(needs_definitions=None) as e:
             return await e.set_paused(False, by="cli")
 
     typer.echo("resumed" if run(body) else "not paused")
@@ -175,7 +179,7 @@ def incidents_list(all_: bool = typer.Option(False, "--all", help="Include resol
     """Open incidents (or all with --all), newest first."""
 
     async def body() -> list[Any]:
-        async with engine() as e:
+        async with engine(needs_definitions=None) as e:
             return await e.incidents.list(status=None if all_ else "open", limit=limit)
 
     items = run(body)
@@ -189,8 +193,8 @@ def incidents_list(all_: bool = typer.Option(False, "--all", help="Include resol
 
     table = Table("id", "status", "severity", "check", "target", "since", "verdict", "message", box=None, pad_edge=False)
     for i in items:
-        table.add_row(str(i.id), i.status, styled(i.severity), i.check, i.target, f"{i.opened_at:%Y-%m-%d %H:%M}",
-                      i.last_verdict or "", i.message)
+        table.add_row(str(i.id), i.status + (", flapping" if i.flapping_since else ""), styled(i.severity), i.check,
+                      i.target, f"{i.opened_at:%Y-%m-%d %H:%M}", i.last_verdict or "", i.message)
     console().print(table)
 
 
@@ -200,7 +204,7 @@ def incidents_show(incident_id: int = typer.Argument(...),
     """One incident with its events (decisions, actions, halts)."""
 
     async def body() -> tuple[Any, list[Any]]:
-        async with engine() as e:
+        async with engine(needs_definitions=None) as e:
             incident = await e.incidents.get(incident_id)
             events = await e.rt.events.list(incident_id=incident_id, limit=200, newest_first=False)
             return incident, events
@@ -212,8 +216,9 @@ def incidents_show(incident_id: int = typer.Argument(...),
         print_json({**incident.to_json(), "events": [e.to_json() for e in events]})
         return
     out = console()
+    flapping = f", flapping since {incident.flapping_since:%Y-%m-%d %H:%M:%S}" if incident.flapping_since else ""
     out.print(line(f"incident {incident.id}: ", styled(incident.severity),
-                   f" {incident.check} {incident.target} ({incident.status})"))
+                   f" {incident.check} {incident.target} ({incident.status}{flapping})"))
     out.print(f"  {incident.message}")
     out.print(f"  opened {incident.opened_at:%Y-%m-%d %H:%M:%S}, {incident.beats} beats, peak {incident.peak_severity}")
     for e in events:
@@ -241,7 +246,9 @@ def actions_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.
 
 
 @actions_app.command("plan")
-def actions_plan(name: str = typer.Argument(...), arg: list[str] = typer.Option([], "--arg", help="KEY=VALUE"),
+def actions_plan(name: str = typer.Argument(..., help="An action from `actions list`."),
+                 arg: list[str] = typer.Option([], "--arg", metavar="KEY=VALUE",
+                                               help="An argument of the action (repeat it for each)."),
                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Plan an action and show the plan and the verdict it would get; changes nothing."""
     from ..decide.rules import Proposal
@@ -249,7 +256,7 @@ def actions_plan(name: str = typer.Argument(...), arg: list[str] = typer.Option(
     args = _args(arg)
 
     async def body() -> Any:
-        async with engine() as e:
+        async with engine("planning an action") as e:
             return await e.evaluate(Proposal(name, args, None, "manual"), None, await e.rt.autonomy())
 
     ev = run(body)
@@ -268,7 +275,9 @@ def actions_plan(name: str = typer.Argument(...), arg: list[str] = typer.Option(
 
 
 @actions_app.command("run")
-def actions_run(name: str = typer.Argument(...), arg: list[str] = typer.Option([], "--arg", help="KEY=VALUE"),
+def actions_run(name: str = typer.Argument(..., help="An action from `actions list`."),
+                arg: list[str] = typer.Option([], "--arg", metavar="KEY=VALUE",
+                                              help="An argument of the action (repeat it for each)."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Propose an action through the policy gate: it runs, opens a halt, or is refused."""
     from ..decide.rules import Proposal
@@ -276,20 +285,30 @@ def actions_run(name: str = typer.Argument(...), arg: list[str] = typer.Option([
     args = _args(arg)
 
     async def body() -> Any:
-        async with engine() as e:
+        async with engine("running an action") as e:
             return await e.gate(Proposal(name, args, None, "manual", "requested on the command line"),
                                 incident=None, trigger="manual", requested_by="cli")
 
     report_decision(run(body), as_json)
 
 
+RESULT_WORD = {"succeeded": "done", "ineffective": "nothing done", "failed": "FAILED"}
+
+
+def result_word(outcome: dict[str, Any] | None) -> str:
+    """How an action's result reads: "done" only when it changed something."""
+    state = (outcome or {}).get("state") or ("succeeded" if (outcome or {}).get("ok") else "failed")
+    return RESULT_WORD.get(state, state)
+
+
 def report_decision(d: Any, as_json: bool) -> None:
-    """Print what the gate decided about a manual proposal; exit 1 unless it ran or asks."""
+    """Print what the gate decided about a manual proposal; exit 1 unless it ran (and changed
+    something) or asks."""
     ok = d.verdict == "act" and bool(d.outcome and d.outcome["ok"])
     if as_json:
         print_json(d.to_json())
     elif d.verdict == "act":
-        typer.echo(f"{'done' if ok else 'FAILED'}: {d.plan['summary']}: {d.outcome['message'] if d.outcome else ''}")
+        typer.echo(f"{result_word(d.outcome)}: {d.plan['summary']}: {d.outcome['message'] if d.outcome else ''}")
     elif d.verdict == "ask":
         typer.echo(f"the policy asks for approval ({d.reason}): halt {d.halt_id}\n"
                    f"approve with: fazt-agent approve {d.halt_id}")
@@ -306,7 +325,7 @@ def halts_list(all_: bool = typer.Option(False, "--all", help="Include answered 
     """Pending approval requests (or all with --all)."""
 
     async def body() -> list[Any]:
-        async with engine() as e:
+        async with engine(needs_definitions=None) as e:
             await e.executor.sweep_halts()
             return await e.executor.halts.list(status=None if all_ else "pending")
 
@@ -327,7 +346,7 @@ def halts_show(halt_id: int = typer.Argument(...), as_json: bool = typer.Option(
     """One halt: the problem, the exact plan, the options and how to answer."""
 
     async def body() -> Any:
-        async with engine() as e:
+        async with engine(needs_definitions=None) as e:
             await e.executor.sweep_halts()
             return await e.executor.halts.get(halt_id)
 
@@ -337,18 +356,22 @@ def halts_show(halt_id: int = typer.Argument(...), as_json: bool = typer.Option(
     if as_json:
         print_json(halt.to_json())
         return
-    typer.echo(f"halt {halt.id} ({halt.status}{', ' + str(halt.answer) if halt.answer else ''})\n{halt.title}\n\n{halt.body}")
-    if len(halt.plan.steps) > 15:
-        typer.echo("\nall steps:")
-        for step in halt.plan.steps:
-            typer.echo(f"  - {step}")
+    from ..messages import all_steps
+
+    # the stored body lists the first steps and points here for the rest: show them all, once
+    typer.echo(f"halt {halt.id} ({halt.status}{', ' + str(halt.answer) if halt.answer else ''})\n{halt.title}\n\n"
+               f"{all_steps(halt)}")
 
 
 def _answer(halt_id: int, option: str, note: str | None, as_json: bool) -> None:
     from ..halt.store import HaltError
 
+    # approving runs the plan under the policy and kernel settings: not with part of them; any
+    # other answer (deny) runs nothing and must always work
+    acts = f"approving halt {halt_id}" if option == "approve" else None
+
     async def body() -> dict[str, Any]:
-        async with engine() as e:
+        async with engine(acts, hint=f"to refuse the plan instead: fazt-agent deny {halt_id}") as e:
             await e.executor.sweep_halts()
             return await e.executor.answer(halt_id, option, by="cli", note=note)
 
@@ -362,7 +385,7 @@ def _answer(halt_id: int, option: str, note: str | None, as_json: bool) -> None:
         typer.echo(f"halt {halt_id}: {option}; the plan changed ({result['message']}), "
                    f"so I ask again: halt {result['new_halt_id']}")
     elif result.get("executed"):
-        typer.echo(f"halt {halt_id}: {option}; {'done' if result['ok'] else 'FAILED'}: {result['message']}")
+        typer.echo(f"halt {halt_id}: {option}; {result_word(result)}: {result['message']}")
     else:
         typer.echo(f"halt {halt_id}: {option}" + (f"; {result['message']}" if result.get("message") else ""))
     if result.get("executed") and not result.get("ok"):
@@ -377,13 +400,15 @@ def halts_answer(halt_id: int = typer.Argument(...), option: str = typer.Argumen
     _answer(halt_id, option, note, as_json)
 
 
-def approve(halt_id: int = typer.Argument(...), note: Optional[str] = typer.Option(None, "--note"),
+def approve(halt_id: int = typer.Argument(..., help="The halt's id (see `halts list`)."),
+            note: Optional[str] = typer.Option(None, "--note", help="Why (kept in the audit trail)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Approve a halt: its plan is re-checked and run."""
     _answer(halt_id, "approve", note, as_json)
 
 
-def deny(halt_id: int = typer.Argument(...), note: Optional[str] = typer.Option(None, "--note"),
+def deny(halt_id: int = typer.Argument(..., help="The halt's id (see `halts list`)."),
+         note: Optional[str] = typer.Option(None, "--note", help="Why (kept in the audit trail)."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Deny a halt: nothing runs."""
     _answer(halt_id, "deny", note, as_json)

@@ -24,7 +24,9 @@ def serve(stdio: bool = typer.Option(False, "--stdio", help="Speak MCP on stdin/
           ) -> None:
     """Run the MCP server on the configured data dir, whether or not the daemon runs.
 
-    Stdio trusts the local user (admin scope). HTTP needs a bearer token (`fazt-agent tokens create`);
+    \b
+    Stdio trusts the local user (admin scope).
+    HTTP needs a bearer token (`fazt-agent tokens create`);
     the daemon also serves /mcp on its control plane ([http] listen).
     """
     if worker is not None:
@@ -51,10 +53,10 @@ def serve(stdio: bool = typer.Option(False, "--stdio", help="Speak MCP on stdin/
     except ValidationError:
         fail(f"expected HOST:PORT such as 127.0.0.1:7071, got {worker if worker is not None else listen!r}",
              code=EXIT_USAGE)
-    from .. import logs
     from ..mcp.http import serve as serve_http
+    from ._common import service_logging
 
-    logs.setup(config.file.log.level, config.file.log.format)
+    service_logging(config.file.log.level, config.file.log.format)
 
     def ready(url: str) -> None:
         if public is None:
@@ -63,7 +65,7 @@ def serve(stdio: bool = typer.Option(False, "--stdio", help="Speak MCP on stdin/
             print(f"listening {url.removeprefix('http://').removesuffix('/mcp')}", flush=True)
 
     async def body() -> None:
-        async with runtime(config) as rt:
+        async with runtime(config, needs_definitions=None) as rt:
             await serve_http(rt, section.host, section.port, ready=ready,
                              public=(public.host, public.port) if public is not None else None)
 
@@ -75,7 +77,7 @@ async def _stdio(config: Any) -> None:
     from ..mcp._registry import Deps
     from ..mcp.server import build_server
 
-    async with runtime(config) as rt:
+    async with runtime(config, needs_definitions=None) as rt:
         await build_server(Deps(rt, Engine(rt), "stdio")).run_stdio_async()
 
 
@@ -91,7 +93,7 @@ def tokens_create(name: str = typer.Argument(..., help="Who or what uses it, e.g
     from ..mcp.auth import TokenStore
 
     async def body() -> tuple[Any, str]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             return await TokenStore(rt.store, rt.events, rt.clock).create(name, scope)
 
     token, secret = run(body)
@@ -110,7 +112,7 @@ def tokens_list(all_: bool = typer.Option(False, "--all", help="Include revoked 
     from ..mcp.auth import TokenStore
 
     async def body() -> list[Any]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             return await TokenStore(rt.store, rt.events, rt.clock).list(include_revoked=all_)
 
     tokens = run(body)
@@ -136,7 +138,7 @@ def tokens_revoke(name: str = typer.Argument(...)) -> None:
     from ..mcp.auth import TokenStore
 
     async def body() -> Any:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             return await TokenStore(rt.store, rt.events, rt.clock).revoke(name)
 
     token = run(body)

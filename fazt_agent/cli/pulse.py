@@ -21,7 +21,7 @@ def pulse_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.
     from ..decide.ask import LlmUnavailable
 
     async def body() -> tuple[list[Any], dict[str, Any] | None, str | None]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             configured = {c.name for c in rt.pulse.checks}
             rows = [(ts, r) for ts, r in await rt.beats.latest() if r.check in configured]
             if not summary or not rows:
@@ -45,10 +45,16 @@ def pulse_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.
         return
     from rich.table import Table
 
+    from ..pulse.base import pending
+
     table = Table("check", "target", "status", "message", "measured", box=None, pad_edge=False)
     for ts, r in rows:
         table.add_row(r.check, r.target, styled(r.status), r.message, f"{ts:%Y-%m-%d %H:%M:%S}")
     console().print(table)
+    waiting = sum(1 for _, r in rows if pending(r))
+    if waiting:
+        console().print(f"{waiting} pending: a problem seen for fewer beats in a row than its check's `for` "
+                        "(\"2 of 3 beats\") opens no incident and sends nothing yet")
     if text:
         console().print(f"\n{text['summary']}")
 
@@ -60,7 +66,7 @@ def ask(question: str = typer.Argument(..., help="A question about the server, e
     from ..decide.ask import ask as ask_llm
 
     async def body() -> dict[str, Any]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             return await ask_llm(rt, question)
 
     answer = run(body)  # not configured, too soon, over budget, failed: one line, exit 1
@@ -76,19 +82,21 @@ def history(hours: float = typer.Option(24, "--hours", min=0.01, help="How far b
     """Beats of the last N hours with what was not ok in each."""
 
     async def body() -> list[dict[str, Any]]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             return await rt.beats.history(rt.clock.now() - timedelta(hours=hours))
 
     beats = run(body)
     if as_json:
         print_json(beats)
         return
+    from ..units import format_duration
+
     out = console()
     for b in beats:
         problems = "; ".join(f"{p['check']}{'[' + p['target'] + ']' if p['target'] else ''}: {p['message']}"
                              for p in b["problems"])
         out.print(line(f"{b['ts'][:19]}  ", styled(b["status"]), f"  {problems}"))
-    out.print(f"{len(beats)} beats in the last {hours:g} h")
+    out.print(f"{len(beats)} beats in the last {format_duration(hours * 3600)}")
 
 
 def sparkline(values: list[float], width: int = 60) -> str:
@@ -105,11 +113,12 @@ def sparkline(values: list[float], width: int = 60) -> str:
 
 
 @app.command("trend")
-def trend(metric: str = typer.Argument(..., help="CHECK.METRIC or CHECK[TARGET].METRIC, e.g. 'disk\\[/].used_percent'."),
+def trend(metric: str = typer.Argument(..., help="CHECK.METRIC or CHECK[TARGET].METRIC, e.g. 'disk[/].used_percent'."),
           hours: float = typer.Option(24, "--hours", min=0.01, help="How far back."),
           as_json: bool = typer.Option(False, "--json", help="Print the series as JSON.")) -> None:
     """A terminal sparkline of one metric over time."""
     from ..pulse.beats import MetricRef
+    from ..units import format_duration, format_metric
 
     try:
         ref = MetricRef.parse(metric)
@@ -117,7 +126,7 @@ def trend(metric: str = typer.Argument(..., help="CHECK.METRIC or CHECK[TARGET].
         fail(str(e), code=EXIT_USAGE)
 
     async def body() -> tuple[str, list[tuple[Any, float]], list[str]]:
-        async with runtime() as rt:
+        async with runtime(needs_definitions=None) as rt:
             targets = await rt.beats.targets(ref.check)
             target = ref.target
             if target is None:
@@ -137,10 +146,11 @@ def trend(metric: str = typer.Argument(..., help="CHECK.METRIC or CHECK[TARGET].
         print_json([{"ts": ts.isoformat(), "value": v} for ts, v in points])
         return
     if not points:
-        fail(f"no values of {metric!r} in the last {hours:g} h", code=EXIT_PROBLEM)
+        fail(f"no values of {metric!r} in the last {format_duration(hours * 3600)}", code=EXIT_PROBLEM)
     values = [v for _, v in points]
     out = console()
     label = str(MetricRef(ref.check, target or None, ref.metric))
-    out.print(f"{label}  last {hours:g} h, {len(values)} points")
+    out.print(f"{label}  last {format_duration(hours * 3600)}, {len(values)} points")
     out.print(sparkline(values))
-    out.print(f"min {min(values):.4g}  max {max(values):.4g}  last {values[-1]:.4g}")
+    out.print("  ".join(f"{what} {format_metric(ref.metric, v)}"
+                        for what, v in (("min", min(values)), ("max", max(values)), ("last", values[-1]))))

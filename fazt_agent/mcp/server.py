@@ -3,6 +3,8 @@ the `diagnose`, `weekly_report` and `explain_decision` prompts, for one Runtime.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import json
 from contextlib import asynccontextmanager
@@ -10,15 +12,17 @@ from datetime import timedelta
 from typing import Any, AsyncIterator
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 from pydantic import BaseModel
 
 from .. import __version__
 from ..clock import iso
 from ..config import Config, redacted
+from ..definitions import DefinitionsBroken, broken_summary
 from . import control, tools  # noqa: F401  (registers the tools)
-from ._registry import TOOLS, Audit, Deps, guarded
+from ._registry import _NOTE, TOOLS, Audit, Deps, ToolSpec, guarded
 from .events import redact
 
 INSTRUCTIONS = """fazt-agent operates this server by itself: it watches health checks (pulse), opens
@@ -26,6 +30,12 @@ incidents, and acts, asks (a halt) or notifies according to the owner's policy a
 Start with fazt_system_status. Lists and explanations are read-only. fazt_action_run and
 fazt_halt_answer go through the same policy gate as the agent's own decisions: nothing destructive
 runs without the owner's approval. Every call is recorded in the audit trail."""
+
+# What a tool does with the definitions (policy, kernel settings): refused while a file is broken,
+# since this process would act on part of them, not on the last good set the daemon keeps.
+# fazt_halt_answer needs them to approve only: denying runs nothing and always works.
+NEEDS_DEFINITIONS = {"fazt_action_plan": "planning an action", "fazt_action_run": "running an action",
+                     "fazt_policy_explain": "explaining the policy"}
 
 
 def build_server(deps: Deps) -> MCPServer[Deps]:
@@ -35,16 +45,39 @@ def build_server(deps: Deps) -> MCPServer[Deps]:
     async def lifespan(_: MCPServer[Deps]) -> AsyncIterator[Deps]:
         yield deps
 
+    instructions = INSTRUCTIONS
+    if deps.rt.issues:
+        instructions += (f"\n\nWARNING: broken definitions: {broken_summary(deps.rt.issues)}. Until the owner "
+                         "fixes them, planning, running and approving actions and explaining the policy are "
+                         "refused here; reads and denying a halt work. A running daemon keeps its last good "
+                         "definitions.")
     server: MCPServer[Deps] = MCPServer("fazt-agent", title="fazt-agent", version=__version__,
-                                       instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING",
+                                       instructions=instructions, lifespan=lifespan, log_level="WARNING",
                                        middleware=[Audit(deps)])
     for name, spec in TOOLS.items():
+        spec = dataclasses.replace(spec, fn=_needing_definitions(name, spec, deps))
         server.add_tool(guarded(name, spec), name=name, title=spec.annotations.title,
                         description=inspect.cleandoc(spec.fn.__doc__ or ""), annotations=spec.annotations,
                         structured_output=True)
     _resources(server, deps)
     _prompts(server, deps)
     return server
+
+
+def _needing_definitions(name: str, spec: ToolSpec, deps: Deps) -> Any:
+    """`spec.fn`, refused with the broken files named when it needs definitions that did not load."""
+
+    @functools.wraps(spec.fn)
+    async def call(**kwargs: Any) -> Any:
+        what, hint = NEEDS_DEFINITIONS.get(name), None
+        if name == "fazt_halt_answer" and kwargs.get("option") == "approve":
+            what, hint = f"approving halt {kwargs.get('halt_id')}", "Denying it still works."
+        if what is not None and deps.rt.issues:
+            _NOTE.get({})["outcome"] = "refused"
+            raise ToolError(str(DefinitionsBroken(what, deps.rt.issues, hint)))
+        return await spec.fn(**kwargs)
+
+    return call
 
 
 def _json(value: BaseModel | dict[str, Any]) -> str:
@@ -78,6 +111,8 @@ def _resources(server: MCPServer[Deps], deps: Deps) -> None:
 
     @resource("fazt://policies", "policies", "The effective policy: rules, constraints, schedule, defaults.")
     async def policies() -> str:
+        if deps.rt.issues:
+            raise MCPError(INVALID_REQUEST, str(DefinitionsBroken("the policy in force", deps.rt.issues)))
         p = deps.rt.definitions.policy
         return _json({"version": p.version, "files": list(p.files),
                       "constraints": p.constraints.model_dump(mode="json"),

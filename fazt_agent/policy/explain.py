@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..kernel.base import Plan
+from ..units import format_duration
 from .evaluate import History, judge
 from .model import Policy, Schedule
 
@@ -14,6 +15,11 @@ SAMPLE_PLANS = {
     "destructive": Plan("x", {}, "a destructive deletion", risk="destructive", reversible=False, deletes=True),
     "costly": Plan("x", {}, "a costly plan", risk="costly"),
 }
+
+
+def _either(own: Any, default: Any) -> Any:
+    """The rule's own value, else the policy default (a rule's 0 is a value, not "unset")."""
+    return own if own is not None else default
 
 
 def explain(policy: Policy) -> list[dict[str, Any]]:
@@ -27,9 +33,10 @@ def explain(policy: Policy) -> list[dict[str, Any]]:
         levels = {level: {risk: judge(rule, plan, level, History(), now, Schedule(), policy.defaults).verdict  # type: ignore[arg-type]
                           for risk, plan in SAMPLE_PLANS.items()} for level in ("low", "medium", "high")}
         d = policy.defaults
-        limits = (f"cooldown {(rule.cooldown or d.cooldown) / 60:g} min, at most "
-                  f"{rule.max_actions if rule.max_actions is not None else d.max_actions} actions per "
-                  f"{(rule.window or d.window) / 3600:g} h, halts expire after {(rule.halt_expiry or d.halt_expiry) / 3600:g} h")
+        limits = (f"cooldown {format_duration(_either(rule.cooldown, d.cooldown))}, at most "
+                  f"{_either(rule.max_actions, d.max_actions)} actions per "
+                  f"{format_duration(_either(rule.window, d.window))}, "
+                  f"halts expire after {format_duration(_either(rule.halt_expiry, d.halt_expiry))}")
         rows.append({"rule": rule.name, "description": rule.description, "match": " and ".join(parts) or "any incident",
                      "action": rule.action, "args": rule.args, "levels": levels, "limits": limits})
     return rows
