@@ -51,7 +51,8 @@ def config_check() -> None:
     for name, folder in config.folders.items():
         note = " (shipped defaults)" if name in config.shipped else ""
         typer.echo(f"  {name + '/':10} {folder}{note}")
-    typer.echo(f"  {len(defs.checks)} checks in {len(defs.files)} pulse files")
+    checks, files = len(defs.checks), len(defs.files)
+    typer.echo(f"  {checks} check{'' if checks == 1 else 's'} in {files} pulse file{'' if files == 1 else 's'}")
     typer.echo(f"  autonomy: {autonomy_state(config, stored_override(config.db_path)).summary}")
     for warning in config.warnings:
         typer.secho(f"warning: {warning}", err=True, fg="yellow")

@@ -101,4 +101,5 @@ def decisions_show(event_id: int = typer.Argument(..., help="The event id from `
             result = f" -> {'ok' if call.get('ok') else 'refused'}, {call['result_chars']} chars" \
                 if "result_chars" in call else ""
             args = json.dumps(call["input"])[:200]
-            out.print(f"    step {call['step']}: {call['kind']} {call['name']} {args}{result}")
+            what = call["name"] if call["kind"] == call["name"] else f"{call['kind']} {call['name']}"
+            out.print(f"    step {call['step']}: {what} {args}{result}")
