@@ -1,6 +1,7 @@
 """Run every benchmark (each in its own process, with --json) and print one summary table.
 
-`make bench` calls this. `--quick` shortens the idle window to 15 s. Exit code 0 when every
+`make bench` calls this. `--quick` shortens the idle window to 15 s and runs http_scale at 500
+checks only, with a 10 s window. Exit code 0 when every
 benchmark ran and met its target, 1 otherwise, 2 for bad arguments.
 
     python bench/run_all.py [--quick] [--json]
@@ -56,6 +57,24 @@ ROWS: list[Row] = [
     ("events_throughput", "emit single (events/s)", lambda r: r["single"]["per_s"], "", None),
     ("events_throughput", "raw sqlite3 plain (events/s)", lambda r: r["raw_sqlite_plain"]["per_s"], "", None),
     ("events_throughput", "verify (rows/s)", lambda r: r["verify"]["per_s"], "chain ok", lambda r: r["verify"]["ok"]),
+    ("events_throughput", "emit_many / raw executemany", lambda r: r["ratio_to_raw_indexed"], ">= 0.5",
+     lambda r: r["ratio_to_raw_indexed"] >= 0.5),
+    ("history_scale", "latest() worst size (ms)", lambda r: max(b["fazt"]["latest"]["median"] for b in r["beats"]),
+     "<= 2", lambda r: r["met"]["latest_ms"]),
+    ("history_scale", "history(1h) most beats (ms)", lambda r: r["beats"][-1]["fazt"]["history_1h"]["median"],
+     "<= 10", lambda r: r["met"]["history_ms"]),
+    ("history_scale", "status process, most events (ms)", lambda r: r["events"][-1]["status"]["median"], "", None),
+    ("history_scale", "events list, most events (ms)", lambda r: r["events"][-1]["events_list"]["median"], "", None),
+    ("http_scale", "500 http: beat median (ms)", lambda r: _http(r, 500, "fazt", "beat_ms_median"), "<= 1000",
+     lambda r: bool(r["met"]) and r["met"]["beat_ms"]),
+    ("http_scale", "500 http: results ok (%)", lambda r: _http_ok(r, 500), "100",
+     lambda r: bool(r["met"]) and r["met"]["all_ok"]),
+    ("http_scale", "500 http: daemon RSS max (MiB)", lambda r: _http(r, 500, "fazt", "rss_mb_max"), "<= 70",
+     lambda r: bool(r["met"]) and r["met"]["rss_mb"]),
+    ("http_scale", "500 http: daemon CPU (%)", lambda r: _http(r, 500, "fazt", "cpu_percent"), "<= 5",
+     lambda r: bool(r["met"]) and r["met"]["cpu_percent"]),
+    ("http_scale", "500 http: Monit RSS max (MiB)", lambda r: _http(r, 500, "monit", "rss_mb_max"), "", None),
+    ("http_scale", "500 http: Monit CPU (%)", lambda r: _http(r, 500, "monit", "cpu_percent"), "", None),
     ("decision_overhead", "decide 1: apply started med (ms)", lambda r: _scenario(r, "n1", "apply_last_ms", "median"),
      "rounds ok", lambda r: r["ok"]),
     ("decision_overhead", "decide 1: apply started p95 (ms)", lambda r: _scenario(r, "n1", "apply_last_ms", "p95"),
@@ -72,6 +91,18 @@ ROWS: list[Row] = [
 def _scenario(report: dict[str, Any], scenario: str, metric: str, stat: str) -> float | None:
     """One statistic of one decision_overhead scenario, or None when that scenario failed."""
     return report["scenarios"].get(scenario, {}).get(metric, {}).get(stat)
+
+
+def _http(report: dict[str, Any], n: int, who: str, metric: str) -> float | None:
+    """One figure of http_scale at `n` checks, of fazt-agent or of Monit; None when that run failed."""
+    row = next((r for r in report["rows"] if r["n"] == n), None)
+    side = row and row.get(who)
+    return side.get(metric) if side else None
+
+
+def _http_ok(report: dict[str, Any], n: int) -> float | None:
+    results, ok = _http(report, n, "fazt", "results"), _http(report, n, "fazt", "results_ok")
+    return 100 * ok / results if results and ok is not None else None
 
 
 def _format(value: float | None) -> str:
@@ -91,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         "idle": run("idle.py", ["--seconds", str(idle_seconds), "--interval", "5s"], timeout=idle_seconds + 120),
         "beat_latency": run("beat_latency.py", [], timeout=300),
         "events_throughput": run("events_throughput.py", [], timeout=300),
+        # --quick: up to a week of beats (120k) and 100k events
+        "history_scale": run("history_scale.py", ["--beats", "0,10000,120000", "--events", "10000,100000",
+                                                  "--runs", "3"] if args.quick else [], timeout=900),
         "decision_overhead": run("decision_overhead.py", [], timeout=180),
+        # beside Monit (scripts/bench-deps installs it); --quick: 500 checks only, a 10 s window
+        "http_scale": run("http_scale.py", ["--checks", "500", "--seconds", "10"] if args.quick else [],
+                          timeout=300 if args.quick else 900),
     }
     table = []
     all_ok = True

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._toml import expand_env, load_model, read_toml
 from .errors import ConfigError, Issue
-from .units import Duration
+from .units import Duration, Size
 
 Autonomy = Literal["low", "medium", "high"]
 LEVELS: tuple[Autonomy, ...] = ("low", "medium", "high")
@@ -27,7 +27,9 @@ SYSTEM_CONFIG = Path("/etc/fazt-agent/config.toml")
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: "nan" or "inf" reaching a float through a ${NAME} string (literal ones are
+    # refused by read_toml): a nan limit never compares true, an inf one overflows
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AgentSection(Model):
@@ -41,6 +43,9 @@ class PulseSection(Model):
     interval: Duration = 60.0
     retention: Duration = 7 * 86400.0
     timeout: Duration = 10.0
+    # checks running at once (a quarter of them, at least 1, against one server); a check waiting
+    # longer than its timeout for a slot reports that the agent was overloaded
+    max_concurrency: int = Field(64, ge=1, le=10_000)
 
     @field_validator("interval")
     @classmethod
@@ -72,6 +77,32 @@ class HttpSection(Model):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"expected HOST:PORT such as '127.0.0.1:7070', got {v!r}")
         return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class AppsSection(Model):
+    """The apps plane (issue 13): a second listener serving the owner's apps, off until enabled or
+    until an app is deployed."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8080"
+    domain: str = "localhost"         # an app NAME answers at NAME.<domain>
+    keep_releases: int = Field(default=10, ge=1)
+    max_upload: Size = 100 * 1024 * 1024   # the total size of one deploy
+    max_files: int = Field(default=10000, ge=1)
+    health_timeout: Duration = 5.0
+    timeout: Duration = 1.0          # the wall-clock limit of one /api request (fazt.toml `timeout` per app)
+    memory: Size = 64 * 1024 * 1024  # the JS heap limit of one /api request
+    workers: int = Field(default=2, ge=1, le=64)   # JS worker processes, started on demand
+
+    _listen = field_validator("listen")(HttpSection._host_port.__func__)  # type: ignore[attr-defined]
 
     @property
     def host(self) -> str:
@@ -169,6 +200,7 @@ class ConfigFile(Model):
     events: EventsSection = EventsSection()
     notify: NotifySection = NotifySection()
     http: HttpSection = HttpSection()
+    apps: AppsSection = AppsSection()
     log: LogSection = LogSection()
     paths: PathsSection = PathsSection()
     llm: LlmSection = LlmSection()

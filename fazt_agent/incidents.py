@@ -23,7 +23,7 @@ from typing import Any, Literal
 from .clock import Clock, iso, parse_iso
 from .event_types import IncidentData, IncidentFlapping
 from .events import EventLog
-from .pulse.base import SEVERITY, CheckConfig, CheckResult, confirmed_status
+from .pulse.base import SEVERITY, CheckConfig, CheckResult, confirmed_status, overloaded
 from .pulse.beats import BeatStore
 from .store import Store
 from .units import format_duration
@@ -31,6 +31,8 @@ from .units import format_duration
 # flapping: opened as the flap_count-th incident within flap_window; held: an ok beat that does not
 # resolve a flapping incident
 Change = Literal["opened", "flapping", "worsened", "improved", "unchanged", "held", "resolved"]
+# kinds of incidents reported from outside the beat (`web/webhooks.py`): no configured check owns them
+EXTERNAL_KINDS = frozenset({"alertmanager"})
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,12 @@ class Transition:
 def transitions(open_incidents: dict[tuple[str, str], Incident], results: list[CheckResult],
                 flaps: dict[tuple[str, str], Flap] | None = None) -> list[Transition]:
     """What each result of a beat does to the open incidents (pure). `flaps` is what
-    `IncidentStore.flaps` found for this beat (none: no flap control)."""
+    `IncidentStore.flaps` found for this beat (none: no flap control). A result the agent could not
+    measure in time (`pulse.base.overloaded`) says nothing about its target: it changes nothing."""
     out = []
     for r in results:
+        if overloaded(r):
+            continue
         key = (r.check, r.target)
         current = open_incidents.get(key)
         flap = (flaps or {}).get(key, NO_FLAP)
@@ -172,7 +177,7 @@ class IncidentStore:
         out: dict[tuple[str, str], Flap] = {}
         for r in results:
             config = checks.get(r.check)
-            if config is None or config.flap_count == 0:
+            if config is None or config.flap_count == 0 or overloaded(r):
                 continue
             key = (r.check, r.target)
             current = open_incidents.get(key)
@@ -254,11 +259,13 @@ class IncidentStore:
         return out
 
     async def resolve_orphans(self, configured: set[str]) -> list[Incident]:
-        """Resolve open incidents whose check was removed from the configuration (else they stay open)."""
+        """Resolve open incidents whose check was removed from the configuration (else they stay open).
+        Incidents that came from outside the beat (`EXTERNAL_KINDS`: Alertmanager's) have no configured
+        check; their source resolves them."""
         now = self.clock.now()
         closed = []
         for incident in (await self.open_incidents()).values():
-            if incident.check in configured:
+            if incident.check in configured or incident.kind in EXTERNAL_KINDS:
                 continue
             message = f"check {incident.check!r} is no longer configured"
             changed = await self.store.execute(

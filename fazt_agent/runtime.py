@@ -146,7 +146,8 @@ class Runtime:
         events = EventLog(store, clock)
         beats = BeatStore(store)
         section = config.file.pulse
-        pulse = Pulse(definitions.checks, beats, events, clock, section.interval, section.timeout)
+        pulse = Pulse(definitions.checks, beats, events, clock, section.interval, section.timeout,
+                      section.max_concurrency)
         return cls(config, definitions, store, events, beats, pulse, clock, issues)
 
     def require_definitions(self, what: str, hint: str | None = None) -> None:
@@ -160,7 +161,10 @@ class Runtime:
             raise DefinitionsBroken(what, self.issues, hint)
 
     async def close(self) -> None:
-        await self.store.close()
+        try:
+            await self.pulse.aclose()
+        finally:
+            await self.store.close()
 
     async def autonomy(self) -> Autonomy:
         """The autonomy level in force: an override set at run time, else the config file's."""

@@ -116,11 +116,44 @@ class History(Protocol):
         ...
 
 
+T = TypeVar("T")
+
+
+class Shared:
+    """What the checks of one Pulse share across checks and beats (the HTTP connection pool): a kind
+    makes its own at first use under a key; the Pulse's `aclose()` closes them (daemon stop, the
+    end of a CLI beat)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+
+    def get(self, key: str, make: Callable[[], T]) -> T:
+        item = self._items.get(key)
+        if item is None:
+            item = self._items[key] = make()
+        return item  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        items, self._items = list(self._items.values()), {}
+        for item in items:
+            await item.aclose()
+
+
 @dataclass(frozen=True)
 class CheckContext:
     clock: Clock
     history: History | None = None
     interval: float = 60.0   # the [pulse] interval, for checks whose config does not set their own
+    shared: Shared | None = None   # None: a check run on its own makes what it needs and closes it
+
+
+OVERLOADED = "agent_overloaded"   # details.cause of a result the agent could not measure in time
+
+
+def overloaded(result: CheckResult) -> bool:
+    """Whether `result` says the agent itself could not run its check in time (its event loop
+    stalled, or no concurrency slot freed): no news about the target, so no incident changes."""
+    return result.details.get("cause") == OVERLOADED
 
 
 CONFIRM_KEY = "confirm"
@@ -168,6 +201,16 @@ class Check:
         """How many beats in a row `result`'s status needs before an incident opens, and the status
         it may open at without waiting (a kind whose metrics differ in noise overrides this)."""
         return self.config.for_ or 1, "ok"
+
+    def timed(self, result: CheckResult) -> bool:
+        """Whether `result`'s problem rests on how long something took (no answer in time, slower
+        than a latency threshold): not believed when the agent's event loop stalled meanwhile."""
+        return False
+
+    def lane(self) -> str | None:
+        """Checks of one lane (an http check's origin) take at most a share of `[pulse]
+        max_concurrency`, so one target that never answers cannot hold every slot. None: no lane."""
+        return None
 
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
         """Measure; return one result per target. Raise CheckError when it cannot measure."""

@@ -7,26 +7,31 @@ import time
 from dataclasses import replace
 
 from ..clock import Clock
-from ..event_types import Problem, PulseBeat
 from ..events import EventLog
-from .base import Check, CheckContext
+from .base import Check, CheckContext, Shared
 from .beats import BeatStore
-from .runner import BeatResult, run_checks
+from .runner import MAX_CONCURRENCY, BeatResult, run_checks
 
 
 class Pulse:
     """Collects beats. Remembers when each check last ran, so per-check intervals hold."""
 
     def __init__(self, checks: list[Check], beats: BeatStore, events: EventLog, clock: Clock,
-                 interval: float, timeout: float):
+                 interval: float, timeout: float, max_concurrency: int = MAX_CONCURRENCY):
         self.checks = checks
         self.beats = beats
         self.events = events
         self.clock = clock
         self.interval = interval
         self.timeout = timeout
+        self.max_concurrency = max_concurrency
         self.host = socket.gethostname()
+        self.shared = Shared()   # kept across beats (the HTTP connection pool); closed by aclose()
         self._last_run: dict[str, float] = {}
+
+    async def aclose(self) -> None:
+        """Close what the checks keep between beats (the daemon stops, a CLI beat ends)."""
+        await self.shared.aclose()
 
     def due(self, now: float) -> list[Check]:
         """Checks whose own interval has passed (a 10 % slack absorbs scheduler jitter)."""
@@ -44,18 +49,11 @@ class Pulse:
         checks = self.checks if everything else self.due(started)
         ts = self.clock.now()
         t0 = time.perf_counter()
-        results = await run_checks(checks, CheckContext(self.clock, self.beats, self.interval), self.timeout)
+        results = await run_checks(checks, CheckContext(self.clock, self.beats, self.interval, self.shared),
+                                   self.timeout, self.max_concurrency)
         duration = (time.perf_counter() - t0) * 1000
         for c in checks:
             self._last_run[c.name] = started
         beat = BeatResult(ts=ts, results=results, duration_ms=duration, host=self.host)
-        beat_id = await self.beats.save(beat)
-        beat = replace(beat, id=beat_id)
-        counts: dict[str, int] = {}
-        for r in results:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        await self.events.emit("pulse.beat", PulseBeat(
-            beat_id=beat_id, status=beat.status, duration_ms=round(duration, 3), counts=counts,
-            problems=[Problem(check=r.check, target=r.target, status=r.status, message=r.message)
-                      for r in results if r.status != "ok"]), source="pulse")
-        return beat
+        beat_id = await self.beats.save(beat, self.events)   # its pulse.beat event in the same transaction
+        return replace(beat, id=beat_id)
