@@ -41,6 +41,7 @@ class Daemon:
         self.runtime: Runtime | None = None
         self.engine: Any = None
         self._mcp: Any = None   # the /mcp endpoint (fazt_agent.mcp.worker.McpWorker)
+        self._apps: Any = None  # the apps plane's listener (fazt_agent.apps.plane.AppsListener)
         self._inflight: dict[asyncio.Task[None], tuple[str, datetime]] = {}
         self._started = time.monotonic()
         self._last_beat: BeatResult | None = None
@@ -85,6 +86,10 @@ class Daemon:
         await self._start_following_autonomy(rt)
         await self.engine.reconcile()
         server, server_task = await self._start_http(rt)
+        from .apps.plane import AppsListener  # tiny; the apps plane itself is imported only when wanted
+
+        self._apps = AppsListener()
+        await self._apps.ensure(rt.config)
         scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
         scheduler.add_job(self._beat_job, "interval", seconds=rt.config.file.pulse.interval,
                           next_run_time=datetime.now().astimezone(), id="beat",
@@ -113,6 +118,7 @@ class Daemon:
 
             await self._mcp.aclose()  # stops the MCP worker, so open streams do not hold the server
             await stop(server, server_task)
+        await self._apps.stop()
         await rt.events.emit("agent.stopped", AgentStopped(
             reason=self._stop_reason, uptime_s=round(time.monotonic() - self._started, 3), interrupted=interrupted))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,6 +174,8 @@ class Daemon:
             await self.engine.reload_policy()
             await self._follow_config_autonomy(self.engine.rt)
             await self.engine.sweep()
+            if self._apps is not None:
+                await self._apps.ensure(self.engine.rt.config)  # the first deploy starts the apps plane
             if self._mcp is not None:
                 await self._mcp.reap()
         except Exception:  # supervisor boundary
@@ -271,7 +279,10 @@ class Daemon:
 
         self._mcp = McpWorker(rt.config, http.listen, http.mcp_idle)
         metrics = MetricsEndpoint(rt, TokenStore(rt.store, rt.events, rt.clock))
-        server, task = await start(create_app(self.health, mcp=self._mcp, metrics=metrics), http.host, http.port,
-                                   "[http] listen")
+        from .web.webhooks import AlertmanagerWebhook
+
+        alertmanager = AlertmanagerWebhook(self.engine, TokenStore(rt.store, rt.events, rt.clock))
+        server, task = await start(create_app(self.health, mcp=self._mcp, metrics=metrics, alertmanager=alertmanager),
+                                   http.host, http.port, "[http] listen")
         log.info("control plane on http://%s", http.listen)
         return server, task

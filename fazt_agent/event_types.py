@@ -28,7 +28,9 @@ def event_type(name: str) -> Callable[[T], T]:
 
 
 class EventData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: a type's validator is built when it is first emitted, not at import: a command
+    # or an idle daemon pays (in time and memory) for the few types it writes, not for all of them
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 @event_type("agent.started")
@@ -287,3 +289,87 @@ class IncidentFlapping(IncidentData):
     openings: int
     window_s: float
     ok_beats: int
+
+
+# -- apps (issue 13) -------------------------------------------------------------------------
+
+@event_type("app.deployed")
+class AppDeployed(EventData):
+    app: str
+    release: int
+    previous: int | None
+    files: int
+    bytes: int
+    new_blobs: int
+    duration_ms: float
+    source: str
+
+
+@event_type("app.rolled_back")
+class AppRolledBack(EventData):
+    app: str
+    from_release: int
+    to_release: int
+    reason: str
+    automatic: bool
+
+
+@event_type("app.deploy_refused")
+class AppDeployRefused(EventData):
+    app: str
+    reason: str
+    source: str
+
+
+@event_type("app.deleted")
+class AppDeleted(EventData):
+    app: str
+    releases: int
+
+
+@event_type("app.env_changed")
+class AppEnvChanged(EventData):
+    """Only the key: values may be secrets."""
+
+    app: str
+    key: str
+    change: str   # set | unset
+
+
+@event_type("webhook.refused")
+class WebhookRefused(EventData):
+    """A webhook request that was not accepted (`web/webhooks.py`); nothing of it was recorded."""
+
+    source: str                     # which webhook: "alertmanager"
+    status: int                     # the HTTP status answered (401, 403, 400, 413, 415, 422, ...)
+    reason: str
+    token: str | None = None        # the token's name when one was valid (never the token)
+    peer: str | None = None         # the client's address
+
+
+# -- crash safety (issue 10) ------------------------------------------------------------------
+
+@event_type("halt.resumed")
+class HaltResumed(EventData):
+    """The reconciler took over an approved halt whose execution never started: it runs it
+    (re-planned, asked again if the plan changed), or closes it when its incident is over."""
+
+    halt_id: int
+    answered_by: str
+    outcome: str        # run | closed
+    reason: str
+
+
+@event_type("agent.reconciled")
+class AgentReconciled(EventData):
+    """What the reconciler found unfinished and completed (at start, always; later, when it did
+    something): steps a crash separated from the step they follow."""
+
+    at_start: bool
+    decided: list[int] = Field(default_factory=list)          # incidents decided (never decided since due)
+    interrupted: list[int] = Field(default_factory=list)      # actions whose owner is gone
+    halts_run: list[int] = Field(default_factory=list)        # approved halts run
+    halts_closed: list[int] = Field(default_factory=list)     # approved halts whose execution had ended
+    asked: list[int] = Field(default_factory=list)            # pending halts whose owner was never asked
+    resent: list[int] = Field(default_factory=list)           # notifications abandoned mid-send
+    left_to_owners: list[str] = Field(default_factory=list)   # running work of live processes, untouched

@@ -1,19 +1,12 @@
-"""The `fazt-agent` command line: a thin typer app that parses, loads config and calls the library."""
+"""The `fazt-agent` command line: a thin typer app that parses, loads config and calls the library.
+
+The commands are declared in `_app` (the typer app, `fazt_agent.cli.app`), built on first use:
+`main()` first lets `_fast` run the most frequent commands, which need neither typer nor rich.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import typer
-
-from . import certs, core, events, llm, loop, mcp, pulse
-from ._common import cli_logging, state
-
-# rich_markup_mode=None: help texts are plain text. Rich markup would eat `[http]` as a tag and turn
-# `FILE:KEY:` into an emoji (`:key:`), and it labels every flag `<bool>`.
-app = typer.Typer(name="fazt-agent", no_args_is_help=True, add_completion=True, rich_markup_mode=None,
-                  help="fazt-agent: the autonomous operator of your server.",
-                  context_settings={"help_option_names": ["-h", "--help"]})
+from typing import Any
 
 
 def version() -> str:
@@ -27,45 +20,6 @@ def version() -> str:
         from .. import __version__
 
         return __version__
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"fazt-agent {version()}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _global(config: Path = typer.Option(None, "--config", "-c", envvar=None, dir_okay=False, metavar="FILE",
-                                        help="config.toml to use (else $FAZT_AGENT_CONFIG, ./config.toml, "
-                                             "/etc/fazt-agent/config.toml, embedded defaults)."),
-            _version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
-                                          help="Print the version and exit.")) -> None:
-    state.config_path = config
-    cli_logging()  # `run` and `mcp serve --http` set their own level and format from the config
-
-
-app.command("init")(core.init)
-app.add_typer(core.config_app, name="config")
-app.command("run")(core.run_daemon)
-app.command("beat")(core.beat)
-app.command("status")(core.status)
-app.command("systemd-unit")(core.systemd_unit)
-app.add_typer(events.app, name="events")
-app.add_typer(pulse.app, name="pulse")
-app.add_typer(loop.policy_app, name="policy")
-app.command("autonomy")(loop.autonomy)
-app.command("pause")(loop.pause)
-app.command("resume")(loop.resume)
-app.add_typer(loop.incidents_app, name="incidents")
-app.add_typer(loop.actions_app, name="actions")
-app.add_typer(loop.halts_app, name="halts")
-app.command("approve")(loop.approve)
-app.command("deny")(loop.deny)
-app.add_typer(llm.decisions_app, name="decisions")
-app.add_typer(mcp.mcp_app, name="mcp")
-app.add_typer(mcp.tokens_app, name="tokens")
-app.add_typer(certs.certs_app, name="certs")
 
 
 def hoist_config(argv: list[str]) -> list[str]:
@@ -91,4 +45,24 @@ def hoist_config(argv: list[str]) -> list[str]:
 def main() -> None:
     import sys
 
-    app(args=hoist_config(sys.argv[1:]), prog_name="fazt-agent")
+    from ._fast import run_fast
+
+    argv = hoist_config(sys.argv[1:])
+    try:
+        run_fast(argv)   # exits when it ran the command; returns when typer is needed
+        from ._app import app
+
+        app(args=argv, prog_name="fazt-agent")
+    except OSError as e:   # stdout on a full disk, a path that cannot be written: one line, no traceback
+        from ._common import report_os_error
+
+        report_os_error(e)
+
+
+def __getattr__(name: str) -> Any:
+    """`fazt_agent.cli.app`, the typer app, imported (and built) on first use."""
+    if name == "app":
+        from ._app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

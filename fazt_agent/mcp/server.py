@@ -1,4 +1,4 @@
-"""The MCP server: the 17 `fazt_*` tools (scope-checked and audited), the `fazt://` resources and
+"""The MCP server: the `fazt_*` tools (scope-checked and audited), the `fazt://` resources and
 the `diagnose`, `weekly_report` and `explain_decision` prompts, for one Runtime."""
 
 from __future__ import annotations
@@ -7,21 +7,26 @@ import dataclasses
 import functools
 import inspect
 import json
+import types
+import typing
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any, AsyncIterator
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
+
+import annotated_types
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..clock import iso
 from ..config import Config, redacted
 from ..definitions import DefinitionsBroken, broken_summary
-from . import control, tools  # noqa: F401  (registers the tools)
+from ..units import INT64_MAX, INT64_MIN
+from . import apps, control, tools  # noqa: F401  (registers the tools)
 from ._registry import _NOTE, TOOLS, Audit, Deps, ToolSpec, guarded
 from .events import redact
 
@@ -54,12 +59,14 @@ def build_server(deps: Deps) -> MCPServer[Deps]:
     server: MCPServer[Deps] = MCPServer("fazt-agent", title="fazt-agent", version=__version__,
                                        instructions=instructions, lifespan=lifespan, log_level="WARNING",
                                        middleware=[Audit(deps)])
+    server.middleware.append(KnownPrompts(server))
     for name, spec in TOOLS.items():
         spec = dataclasses.replace(spec, fn=_needing_definitions(name, spec, deps))
-        server.add_tool(guarded(name, spec), name=name, title=spec.annotations.title,
+        server.add_tool(int64_inputs(guarded(name, spec)), name=name, title=spec.annotations.title,
                         description=inspect.cleandoc(spec.fn.__doc__ or ""), annotations=spec.annotations,
                         structured_output=True)
     _resources(server, deps)
+    apps.register_resources(server, deps)
     _prompts(server, deps)
     return server
 
@@ -78,6 +85,55 @@ def _needing_definitions(name: str, spec: ToolSpec, deps: Deps) -> Any:
         return await spec.fn(**kwargs)
 
     return call
+
+
+def int64_inputs(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` with every integer argument that declares no upper bound of its own limited to SQLite's
+    range in the input schema (the SDK reads `__signature__`): 2**64 is then refused as invalid
+    input, never an OverflowError with a traceback inside the tool."""
+    sig = inspect.signature(fn, eval_str=True)
+    params = [p.replace(annotation=Annotated[p.annotation, Field(ge=INT64_MIN, le=INT64_MAX)])
+              if _unbounded_int(p.annotation) else p for p in sig.parameters.values()]
+    fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return fn
+
+
+def _unbounded_int(annotation: Any) -> bool:
+    """Whether `annotation` is `int` or `int | None` (either possibly Annotated) with no upper bound."""
+    meta: list[Any] = []
+    while True:
+        if typing.get_origin(annotation) is Annotated:
+            annotation, *more = typing.get_args(annotation)
+            meta += more
+        elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = members[0] if len(members) == 1 else None
+        else:
+            break
+    return annotation is int and not any(isinstance(c, (annotated_types.Le, annotated_types.Lt))
+                                         for m in meta for c in getattr(m, "metadata", [m]))
+
+
+class KnownPrompts:
+    """Server middleware: `prompts/get` of an unknown prompt or without a required argument is the
+    client's mistake, answered with INVALID_PARAMS naming the prompts. The SDK would raise it as an
+    internal error and log a traceback, as if the server were broken."""
+
+    def __init__(self, server: MCPServer[Deps]):
+        self.server = server
+
+    async def __call__(self, ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        if ctx.method == "prompts/get":
+            params = ctx.params or {}
+            name, arguments = params.get("name"), params.get("arguments") or {}
+            prompts = {p.name: p for p in await self.server.list_prompts()}
+            prompt = prompts.get(name) if isinstance(name, str) else None
+            if prompt is None:
+                raise MCPError(INVALID_PARAMS, f"unknown prompt {name!r} (the prompts: {', '.join(sorted(prompts))})")
+            missing = [a.name for a in prompt.arguments or [] if a.required and a.name not in arguments]
+            if missing:
+                raise MCPError(INVALID_PARAMS, f"prompt {name!r} needs the argument(s): {', '.join(missing)}")
+        return await call_next(ctx)
 
 
 def _json(value: BaseModel | dict[str, Any]) -> str:
@@ -168,9 +224,13 @@ def _prompts(server: MCPServer[Deps], deps: Deps) -> None:
     @server.prompt("explain_decision", title="Explain a decision",
                    description="Explain why the agent decided what it did, from a decision or event id.")
     async def explain_decision(event_id: str) -> str:
-        if not event_id.strip().isdigit():
-            raise MCPError(INVALID_PARAMS, f"expected an event id (a number), got {event_id!r}")
-        event = await deps.rt.events.get(int(event_id))
+        digits = event_id.strip()
+        if not (digits.isascii() and digits.isdigit()):
+            raise MCPError(INVALID_PARAMS, f"expected an event id (a number), got {event_id[:80]!r}")
+        if len(digits) > 19 or int(digits) > INT64_MAX:   # len first: int() refuses 4300+ digits
+            raise MCPError(INVALID_PARAMS, f"there is no event {digits[:30]}{'...' if len(digits) > 30 else ''} "
+                                           "(event ids are at most 9,223,372,036,854,775,807)")
+        event = await deps.rt.events.get(int(digits))
         if event is None:
             raise MCPError(INVALID_PARAMS, f"there is no event {event_id} (see fazt_decisions_list)")
         related = await deps.rt.events.list(incident_id=event.incident_id, limit=50, newest_first=False) \

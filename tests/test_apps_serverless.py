@@ -1,0 +1,251 @@
+"""Apps, slice 2 (issue 13): api/main.js on QuickJS through the apps plane of a real daemon,
+called with a real HTTP client: Fazt's contract, isolation, deadlines, memory, concurrency."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import Ops
+from test_apps_deploy import Plane, deploy, plane, site  # noqa: F401 (plane is a fixture)
+
+CRUD = {
+    "api/main.js": """
+const items = require('./lib/items.js');
+const COLL = 'items';
+function handler(req) {
+  const parts = req.path.split('/').filter(Boolean);       // ['api', 'items', id?]
+  if (parts[1] === 'whoami') return {id: fazt.app.id, name: fazt.app.name, mode: fazt.env.get('MODE', 'dev'),
+                                     hasKey: fazt.env.has('API_KEY'), missing: fazt.env.get('NOPE')};
+  if (parts[1] === 'kv') return items.kvDemo(req.query);
+  if (parts[1] !== 'items') return respond(404, {error: 'no route ' + req.path});
+  const id = parts[2];
+  if (req.method === 'GET' && !id) {
+    const q = {};
+    if (req.query.min) q.price = {$gte: Number(req.query.min)};
+    if (req.query.tag) q.tags = {$contains: req.query.tag};
+    if (req.query.not) q.name = {$nin: req.query.not.split(',')};
+    return {items: fazt.app.ds.find(COLL, q, {order: req.query.order || 'name', limit: Number(req.query.limit || 100),
+                                               offset: Number(req.query.offset || 0)}),
+            count: fazt.app.ds.count(COLL, q)};
+  }
+  if (req.method === 'GET') {
+    const it = fazt.app.ds.findOne(COLL, {id: id});
+    return it ? it : respond(404, {error: 'no item ' + id});
+  }
+  if (req.method === 'POST') {
+    console.log('creating', req.body.name);
+    return respond(201, fazt.app.ds.insert(COLL, items.validate(req.body)));
+  }
+  if (req.method === 'PATCH') {
+    const n = fazt.app.ds.update(COLL, {id: id}, req.body);
+    return n ? fazt.app.ds.findOne(COLL, {id: id}) : respond(404, {error: 'no item ' + id});
+  }
+  if (req.method === 'DELETE') return {deleted: fazt.app.ds.delete(COLL, {id: id})};
+  return respond(405, {error: 'method ' + req.method});
+}
+handler(request)
+""",
+    "api/lib/items.js": """
+exports.validate = function (body) {
+  if (!body || typeof body.name !== 'string') throw new Error('name is required');
+  return {name: body.name, price: body.price || 0, tags: body.tags || []};
+};
+exports.kvDemo = function (q) {
+  const kv = fazt.app.kv;
+  if (q.op === 'set') return kv.set(q.key, {v: q.value}, q.ttl ? Number(q.ttl) : undefined);
+  if (q.op === 'get') return {value: kv.get(q.key)};
+  if (q.op === 'delete') return {deleted: kv.delete(q.key)};
+  return kv.list(q.prefix || '');
+};
+""",
+    "index.html": "<h1>crud</h1>",
+}
+
+
+def api(p: Plane, method: str, path: str, app: str = "crud", **kw: object) -> httpx.Response:
+    return p.client.request(method, path, headers={"host": f"{app}.apps.test"}, **kw)  # type: ignore[arg-type]
+
+
+def test_a_crud_app_over_fazt_app_ds_kv_env_and_logs(plane: Plane, tmp_path: Path) -> None:
+    r = deploy(plane.ops, site(tmp_path / "crud", CRUD), "crud")
+    assert r.returncode == 0, r.stderr
+    assert plane.ops.cli("apps", "env", "set", "crud", "MODE", "prod").returncode == 0
+    assert plane.ops.cli("apps", "env", "set", "crud", "API_KEY", "k").returncode == 0
+    who = api(plane, "GET", "/api/whoami").json()
+    assert who == {"id": 1, "name": "crud", "mode": "prod", "hasKey": True, "missing": None}
+
+    made = []
+    for name, price, tags in [("pear", 3, ["fruit"]), ("apple", 1, ["fruit", "red"]), ("brick", 9, [])]:
+        c = api(plane, "POST", "/api/items", json={"name": name, "price": price, "tags": tags})
+        assert c.status_code == 201 and c.headers["content-type"] == "application/json", c.text
+        made.append(c.json())
+    assert [m["name"] for m in made] == ["pear", "apple", "brick"] and all(m["id"] for m in made)
+    listing = api(plane, "GET", "/api/items").json()
+    assert [i["name"] for i in listing["items"]] == ["apple", "brick", "pear"] and listing["count"] == 3
+    assert [i["name"] for i in api(plane, "GET", "/api/items?min=3&order=-price").json()["items"]] == ["brick", "pear"]
+    assert [i["name"] for i in api(plane, "GET", "/api/items?tag=red").json()["items"]] == ["apple"]
+    assert [i["name"] for i in api(plane, "GET", "/api/items?not=apple,pear").json()["items"]] == ["brick"]
+    assert [i["name"] for i in api(plane, "GET", "/api/items?limit=1&offset=1").json()["items"]] == ["brick"]
+    pear = made[0]["id"]
+    up = api(plane, "PATCH", f"/api/items/{pear}", json={"$inc": {"price": 2}, "$set": {"ripe": True}})
+    assert up.json()["price"] == 5 and up.json()["ripe"] is True
+    assert "ripe" not in api(plane, "PATCH", f"/api/items/{pear}", json={"$unset": {"ripe": 1}}).json()
+    assert api(plane, "DELETE", f"/api/items/{pear}").json() == {"deleted": 1}
+    assert api(plane, "GET", f"/api/items/{pear}").status_code == 404
+    bad = api(plane, "POST", "/api/items", json={"price": 1})
+    assert bad.status_code == 500 and bad.json()["error"] == "name is required"
+    form = api(plane, "POST", "/api/items", data={"name": "form-made"})
+    assert form.status_code == 201 and form.json()["name"] == "form-made"
+
+    assert api(plane, "GET", "/api/kv?op=set&key=a:1&value=x").json() is True
+    assert api(plane, "GET", "/api/kv?op=set&key=a:2&value=y&ttl=150").json() is True
+    assert api(plane, "GET", "/api/kv?op=set&key=b:1&value=z").json() is True
+    assert api(plane, "GET", "/api/kv?op=get&key=a:1").json() == {"value": {"v": "x"}}
+    assert [e["key"] for e in api(plane, "GET", "/api/kv?op=list&prefix=a:").json()] == ["a:1", "a:2"]
+    time.sleep(0.3)
+    assert api(plane, "GET", "/api/kv?op=get&key=a:2").json() == {"value": None}    # expired
+    assert api(plane, "GET", "/api/kv?op=delete&key=a:1").json() == {"deleted": True}
+    assert [e["key"] for e in api(plane, "GET", "/api/kv?op=list").json()] == ["b:1"]
+
+    assert api(plane, "GET", "/").text == "<h1>crud</h1>"           # static beside the api
+    logs = json.loads(plane.ops.cli("apps", "logs", "crud", "--json").stdout)
+    messages = [e["message"] for e in logs]
+    assert "creating pear" in messages and "creating brick" in messages
+    assert any("name is required" in m and e["level"] == "error" for e, m in zip(logs, messages))
+
+
+def test_every_respond_form_and_completion_values(plane: Plane, tmp_path: Path) -> None:
+    main = """
+const f = request.query.f;
+f === 'body' ? respond('plain text') :
+f === 'status' ? respond(204) :
+f === 'status-body' ? respond(201, {made: true}) :
+f === 'headers' ? respond(202, '<b>hi</b>', {'Content-Type': 'text/html', 'X-Custom': 'yes'}) :
+f === 'string' ? 'just a string' :
+f === 'object' ? {a: [1, 2], method: request.method, q: request.query, body: request.body} :
+f === 'throw' ? (console.log('before'), fazt.log.warn('careful'), (function () { throw new Error('boom'); })()) :
+undefined
+"""
+    assert deploy(plane.ops, site(tmp_path / "r", {"api/main.js": main, "index.html": "x"}), "resp").returncode == 0
+    get = lambda f, **kw: api(plane, kw.pop("method", "GET"), f"/api?f={f}", app="resp", **kw)  # noqa: E731
+    r = get("body")
+    assert (r.status_code, r.text, r.headers["content-type"]) == (200, "plain text", "text/plain; charset=utf-8")
+    assert get("status").status_code == 204
+    r = get("status-body")
+    assert (r.status_code, r.json(), r.headers["content-type"]) == (201, {"made": True}, "application/json")
+    r = get("headers")
+    assert (r.status_code, r.text, r.headers["content-type"], r.headers["x-custom"]) == \
+        (202, "<b>hi</b>", "text/html", "yes")
+    assert get("string").text == "just a string"
+    r = get("object", method="POST", json={"k": [1]})
+    assert r.json() == {"a": [1, 2], "method": "POST", "q": {"f": "object"}, "body": {"k": [1]}}
+    r = get("throw")
+    assert r.status_code == 500 and r.json() == {"error": "boom", "logs": ["before", "careful"]}
+    assert get("none").status_code == 204
+
+
+def test_require_chains_cycles_and_escapes(plane: Plane, tmp_path: Path) -> None:
+    files = {
+        "api/main.js": """
+const out = {};
+out.chain = require('./a.js').value;                 // a -> lib/b -> lib/c
+out.cycle = require('./even.js').isEven(10);        // even <-> odd
+out.same = require('./a.js') === require('./a');    // cached per request
+out.loads = globalThis.loads;
+out.refused = ['../secret.js', '/etc/passwd', 'fs', './lib/../../x.js', './nope.js'].map(function (s) {
+  try { require(s); return 'loaded ' + s; } catch (e) { return e.message; }
+});
+out
+""",
+        "api/a.js": "globalThis.loads = (globalThis.loads || 0) + 1; module.exports = {value: 'a>' + require('./lib/b.js')};",
+        "api/lib/b.js": "module.exports = 'b>' + require('./c.js');",
+        "api/lib/c.js": "module.exports = 'c';",
+        "api/even.js": "const odd = require('./odd.js'); exports.isEven = function (n) { return n === 0 ? true : odd.isOdd(n - 1); };",
+        "api/odd.js": "const even = require('./even.js'); exports.isOdd = function (n) { return n === 0 ? false : even.isEven(n - 1); };",
+        "secret.js": "module.exports = 'secret';",
+        "index.html": "x",
+    }
+    assert deploy(plane.ops, site(tmp_path / "q", files), "req").returncode == 0
+    first = api(plane, "GET", "/api", app="req").json()
+    assert first["chain"] == "a>b>c" and first["cycle"] is True and first["same"] is True and first["loads"] == 1
+    assert first["refused"] == [
+        "require('../secret.js'): outside api/",
+        "require('/etc/passwd'): only relative paths ('./x.js') under api/ can be required",
+        "require('fs'): only relative paths ('./x.js') under api/ can be required",
+        "require('./lib/../../x.js'): outside api/",
+        "require('./nope.js'): no such file 'api/nope.js' in api/",
+    ]
+    assert api(plane, "GET", "/api", app="req").json()["loads"] == 1   # the module cache is per request
+
+
+def test_no_state_leaks_between_requests_or_apps(plane: Plane, tmp_path: Path) -> None:
+    main = "globalThis.n = (globalThis.n || 0) + 1; var seen = typeof leaked; globalThis.leaked = fazt.app.name; ({n: globalThis.n, seen: seen})"
+    for app in ("one", "two"):
+        assert deploy(plane.ops, site(tmp_path / app, {"api/main.js": main, "index.html": "x"}), app).returncode == 0
+    answers = [api(plane, "GET", "/api", app=app).json() for app in ("one", "two") * 4]
+    assert answers == [{"n": 1, "seen": "undefined"}] * 8
+
+
+def test_an_infinite_loop_is_killed_at_the_deadline_and_a_memory_bomb_is_refused(plane: Plane, tmp_path: Path) -> None:
+    main = """
+request.query.f === 'loop' ? (function () { while (true) {} })() :
+request.query.f === 'bomb' ? (function () { var a = []; while (true) a.push(new Array(100000).fill('xxxxxxxx')); })() :
+'fine'
+"""
+    assert deploy(plane.ops, site(tmp_path / "w", {"api/main.js": main, "index.html": "x",
+                                                  "fazt.toml": 'timeout = "400ms"\n'}), "wild").returncode == 0
+    assert api(plane, "GET", "/api", app="wild").text == "fine"
+    t0 = time.monotonic()
+    r = api(plane, "GET", "/api?f=loop", app="wild")
+    took = time.monotonic() - t0
+    assert r.status_code == 504 and r.json()["error"] == "timed out: killed at the 400 ms deadline"
+    assert 0.35 < took < 2.0, took
+    assert api(plane, "GET", "/api", app="wild").text == "fine"
+    # more loops at once than workers (2): each is killed, the requests waiting behind them are served
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        loops = [pool.submit(api, plane, "GET", "/api?f=loop", app="wild") for _ in range(3)]
+        fine = pool.submit(api, plane, "GET", "/api", app="wild")
+        assert [f.result().status_code for f in loops] == [504, 504, 504]
+        assert fine.result().text == "fine"
+    # the memory bomb under a deadline long enough that the heap limit is what stops it
+    assert deploy(plane.ops, site(tmp_path / "m", {"api/main.js": main, "index.html": "x",
+                                                  "fazt.toml": 'timeout = "20s"\n'}), "bomb").returncode == 0
+    r = api(plane, "GET", "/api?f=bomb", app="bomb")
+    assert r.status_code == 500 and "out of memory" in r.json()["error"], r.text
+    assert api(plane, "GET", "/api", app="bomb").text == "fine"
+    assert api(plane, "GET", "/api", app="wild").text == "fine"
+    assert plane.get("wild").text == "x"                    # the daemon serves on
+    logs = [e["message"] for e in json.loads(plane.ops.cli("apps", "logs", "wild", "--json").stdout)]
+    assert any("killed at the 400 ms deadline" in m for m in logs)
+
+
+def test_fifty_concurrent_requests(plane: Plane, tmp_path: Path) -> None:
+    main = "fazt.app.kv.set('k' + request.query.i, Number(request.query.i)); ({i: Number(request.query.i), got: fazt.app.kv.get('k' + request.query.i)})"
+    assert deploy(plane.ops, site(tmp_path / "c", {"api/main.js": main, "index.html": "x"}), "busy").returncode == 0
+
+    def one(i: int) -> tuple[int, object]:
+        with httpx.Client(base_url=f"http://127.0.0.1:{plane.port}", timeout=30) as c:
+            r = c.get(f"/api?i={i}", headers={"host": "busy.apps.test"})
+            return r.status_code, r.json()
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, range(50)))
+    assert results == [(200, {"i": i, "got": i}) for i in range(50)]
+
+
+def test_deploy_health_checks_the_api_path(ops: Ops, tmp_path: Path) -> None:
+    from test_apps_deploy import configure
+
+    configure(ops)
+    good = {"api/main.js": "respond(200, {ok: true})", "index.html": "x", "fazt.toml": 'health = "/api/health"\n'}
+    assert deploy(ops, site(tmp_path / "g", good), "svc").returncode == 0
+    bad = {**good, "api/main.js": "throw new Error('broken')"}
+    r = deploy(ops, site(tmp_path / "b", bad), "svc")
+    assert r.returncode == 1
+    out = json.loads(r.stdout)
+    assert out["rolled_back"] is True and out["problem"] == "GET /api/health answered 500"
