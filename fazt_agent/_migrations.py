@@ -160,4 +160,25 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE incidents ADD COLUMN flapping_since TEXT
     """,
+    # 5: crash safety: who owns running work (pid/start/pidns/boot, store.owner) under a lease renewed
+    # while it runs; which incidents wait for a decision (and who is deciding); open incidents an
+    # older version never decided are decided at the next start
+    """
+    ALTER TABLE actions ADD COLUMN owner TEXT;
+    ALTER TABLE actions ADD COLUMN lease_until TEXT;
+    ALTER TABLE halts ADD COLUMN owner TEXT;
+    ALTER TABLE halts ADD COLUMN lease_until TEXT;
+    ALTER TABLE notifications ADD COLUMN owner TEXT;
+    ALTER TABLE incidents ADD COLUMN due_trigger TEXT;
+    ALTER TABLE incidents ADD COLUMN decider TEXT;
+    ALTER TABLE incidents ADD COLUMN decider_until TEXT;
+    UPDATE incidents SET due_trigger = 'opened' WHERE status = 'open' AND decided_at IS NULL;
+    CREATE INDEX notifications_halt ON notifications(halt_id) WHERE halt_id IS NOT NULL;
+    CREATE INDEX actions_halt ON actions(halt_id) WHERE halt_id IS NOT NULL
+    """,
+    # 6: reads that do not grow with history: the problems of a time window (`pulse history`, the
+    # planner's context) through a partial index of the results that are not ok
+    """
+    CREATE INDEX results_problems ON results(ts) WHERE status != 'ok'
+    """,
 ]

@@ -72,7 +72,7 @@ def test_the_typescript_sdk_client_over_stdio_lists_and_calls_tools_and_reads_re
         {"op": "listPrompts"}, {"op": "getPrompt", "name": "diagnose"}]})
     assert "error" not in out, out
     tools, status, autonomy, ask, resources, halts, prompts, diagnose = out["results"]
-    assert len(tools["tools"]) == 17
+    assert len(tools["tools"]) == 24
     assert all(t["annotations"]["title"] and "outputSchema" in t for t in tools["tools"])
     assert status["structuredContent"]["autonomy"] == "low" and status["isError"] is False
     assert {k: autonomy["structuredContent"][k] for k in ("old", "new", "changed")} == {"old": "low", "new": "medium",

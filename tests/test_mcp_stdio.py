@@ -26,6 +26,10 @@ TOOLS = {
     "fazt_action_run": (False, True, False), "fazt_autonomy_get": (True, False, True),
     "fazt_autonomy_set": (False, False, True), "fazt_agent_pause": (False, False, True),
     "fazt_agent_resume": (False, False, True),
+    "fazt_apps_list": (True, False, True), "fazt_app_info": (True, False, True),
+    "fazt_app_releases": (True, False, True), "fazt_app_logs": (True, False, True),
+    "fazt_deploy": (False, False, False), "fazt_app_rollback": (False, False, False),
+    "fazt_app_delete": (False, True, False),
 }
 READ_TOOLS = ["fazt_system_status", "fazt_pulse_status", "fazt_pulse_history", "fazt_incidents_list",
               "fazt_events_list", "fazt_decisions_list", "fazt_halts_list", "fazt_policy_explain",
@@ -43,7 +47,7 @@ def approving(decision: str = "approve", action: str = "accept") -> Any:
     return callback
 
 
-async def test_tools_list_shows_all_17_tools_with_input_and_output_schemas_and_honest_annotations(ops: Ops) -> None:
+async def test_tools_list_shows_every_tool_with_input_and_output_schemas_and_honest_annotations(ops: Ops) -> None:
     async with stdio_client(ops) as client:
         listed = {t.name: t for t in (await client.list_tools()).tools}
     assert set(listed) == set(TOOLS)
