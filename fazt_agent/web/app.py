@@ -19,9 +19,11 @@ from ..errors import FaztAgentError
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-def create_app(health: Health, *, mcp: ASGIApp | None = None, metrics: ASGIApp | None = None) -> Starlette:
+def create_app(health: Health, *, mcp: ASGIApp | None = None, metrics: ASGIApp | None = None,
+               alertmanager: ASGIApp | None = None) -> Starlette:
     """`health()` returns (healthy, details); /healthz answers 200 or 503 with the details.
-    `mcp`, when given, serves /mcp (streamable HTTP); `metrics`, /metrics (Prometheus)."""
+    `mcp`, when given, serves /mcp (streamable HTTP); `metrics`, /metrics (Prometheus);
+    `alertmanager`, /webhooks/alertmanager (`web/webhooks.py`)."""
 
     async def healthz(request: Request) -> JSONResponse:
         ok, details = health()
@@ -32,6 +34,8 @@ def create_app(health: Health, *, mcp: ASGIApp | None = None, metrics: ASGIApp |
         routes.append(Route("/mcp", mcp))
     if metrics is not None:
         routes.append(Route("/metrics", metrics))
+    if alertmanager is not None:
+        routes.append(Route("/webhooks/alertmanager", alertmanager))
     return Starlette(routes=routes)
 
 
