@@ -7,6 +7,7 @@ values where there is a closed set.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 import types
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError, Issue
+from .units import INT64_MAX, INT64_MIN, shown
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,21 +33,59 @@ def toml_files(folder: Path) -> list[Path]:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse one TOML file.
+    """Parse one TOML file, refusing what no setting means and what would break later: nesting
+    deeper than MAX_DEPTH, `nan` and `inf`, integers beyond 64 bits.
 
     Raises:
-        ConfigError: the file cannot be read or is not valid TOML.
+        ConfigError: the file cannot be read, is not valid TOML, or holds such a value.
     """
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise ConfigError([Issue(str(path), "", f"cannot read file: {e.strerror or e}")]) from None
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError([Issue(str(path), "", "file is not UTF-8 text")]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([Issue(str(path), "", f"invalid TOML: {e}")]) from None
+    except RecursionError:   # tomllib recurses once per nested array or inline table
+        raise ConfigError([Issue(str(path), "", TOO_DEEP)]) from None
+    issues = value_issues(data, str(path))
+    if issues:
+        raise ConfigError(issues)
+    return data
+
+
+MAX_DEPTH = 32   # levels of tables and arrays; real files use fewer than 5
+TOO_DEEP = f"too deeply nested (more than {MAX_DEPTH} levels)"
+
+
+def value_issues(data: dict[str, Any], file: str) -> list[Issue]:
+    """What `read_toml` refuses in parsed TOML, as `FILE:KEY` issues (one for too deep a file).
+
+    A float setting is a threshold, a ratio or a duration: `nan` never compares true (a threshold
+    that never fires) and `inf` overflows date arithmetic. TOML integers are 64-bit (the spec
+    says so; tomllib does not check), which is also what SQLite stores. The walk is iterative:
+    tomllib builds deep dotted keys without recursing, and a recursive walk would then fail.
+    """
+    issues: list[Issue] = []
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        key, value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                return [Issue(file, "", TOO_DEEP)]
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in reversed(list(items)):
+                sub = f"{key}[{k}]" if isinstance(k, int) else f"{key}.{k}" if key else str(k)
+                stack.append((sub, v, depth + 1))
+        elif isinstance(value, float) and not math.isfinite(value):
+            issues.append(Issue(file, key, f"must be a finite number, got {value!r}"))
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            issues.append(Issue(file, key, f"integer out of range: TOML integers are 64-bit "
+                                           f"({INT64_MIN:,} to {INT64_MAX:,}), got {shown(value)}"))
+    return issues
 
 
 def expand_env(data: Any, file: str, env: typing.Mapping[str, str], loc: str = "") -> tuple[Any, list[Issue]]:
@@ -182,6 +222,6 @@ def _message(err: Any, parent: Any) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if "input" in err and kind not in ("literal_error",) and not isinstance(err["input"], (dict, list)) \
-            and f"got {err['input']!r}" not in msg:   # our validators often say it already
-        return f"{msg} (got {err['input']!r})"
+            and f"got {err['input']!r}" not in msg and f"got {shown(err['input'])}" not in msg:
+        return f"{msg} (got {shown(err['input'])})"   # our validators often say it already
     return msg

@@ -27,42 +27,87 @@ _SIZE_FACTORS = {
 }
 
 
+# SQLite's INTEGER is signed 64-bit: an id or a limit beyond it cannot even be looked up (the
+# driver raises OverflowError), so every surface (CLI, MCP, config) refuses it first.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Longer than ten years is a typo (or `inf`): it would overflow date arithmetic or never fire.
+MAX_DURATION = 10 * 365 * 86400.0
+MAX_SIZE = 1024**6   # 1 EiB: more than any disk; `inf` and typos stop here
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from `90`, `"90s"`, `"5m"`, `"2h"`, `"7d"`, `"1w"` or `"250ms"`.
 
     Raises:
-        ValueError: the value is not a non-negative duration.
+        ValueError: the value is not a duration from 0 to 10 years (nan, inf and negatives included).
     """
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration like '60s', '5m', '7d', got {value!r}")
+        raise ValueError(f"expected a duration like '60s', '5m', '7d', got {shown(value)}")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative, got {value!r}")
-        return float(value)
+        return _bounded(value, value, "duration", MAX_DURATION, "10 years (3650 d)")
     if isinstance(value, str):
         m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_FACTORS[m.group(2)]
-    raise ValueError(f"expected a duration like '60s', '5m', '7d', got {value!r}")
+        if m:   # a string of 400 digits is float('inf'): refused by the bound
+            return _bounded(float(m.group(1)) * _DURATION_FACTORS[m.group(2)], value, "duration", MAX_DURATION,
+                            "10 years (3650 d)")
+    raise ValueError(f"expected a duration like '60s', '5m', '7d', got {shown(value)}")
 
 
 def parse_size(value: Any) -> int:
     """Bytes from `1024`, `"500MB"`, `"2GiB"`, `"10k"`.
 
     Raises:
-        ValueError: the value is not a non-negative size.
+        ValueError: the value is not a size from 0 to 1 EiB (nan, inf and negatives included).
     """
     if isinstance(value, bool):
-        raise ValueError(f"expected a size like '500MB' or '2GiB', got {value!r}")
+        raise ValueError(f"expected a size like '500MB' or '2GiB', got {shown(value)}")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a size cannot be negative, got {value!r}")
-        return int(value)
+        return int(_bounded(value, value, "size", MAX_SIZE, "1 EiB"))
     if isinstance(value, str):
         m = _SIZE.match(value)
         if m and (m.group(2) or "").lower() in _SIZE_FACTORS:
-            return int(float(m.group(1)) * _SIZE_FACTORS[(m.group(2) or "").lower()])
-    raise ValueError(f"expected a size like '500MB' or '2GiB', got {value!r}")
+            return int(_bounded(float(m.group(1)) * _SIZE_FACTORS[(m.group(2) or "").lower()], value, "size",
+                                MAX_SIZE, "1 EiB"))
+    raise ValueError(f"expected a size like '500MB' or '2GiB', got {shown(value)}")
+
+
+def _bounded(number: float, given: Any, what: str, maximum: float, maximum_text: str) -> float:
+    """`number` as a float when it is from 0 to `maximum`; compared before converting, since
+    float() of a huge int raises OverflowError, which pydantic would not turn into a FILE:KEY line."""
+    if number != number:
+        raise ValueError(f"a {what} must be a number, got {shown(given)}")
+    if number < 0:
+        raise ValueError(f"a {what} cannot be negative, got {shown(given)}")
+    if number > maximum:
+        raise ValueError(f"a {what} must be at most {maximum_text}, got {shown(given)}")
+    return float(number)
+
+
+def out_of_range(value: float, what: str, minimum: float = 1, maximum: float = INT64_MAX) -> str | None:
+    """Why `value` is not a valid `what` (an id, a limit, a number of hours), or None when it is:
+    nan, or outside minimum..maximum. Ids and limits default to 1..INT64_MAX (SQLite's range)."""
+    if value != value:
+        return f"{what} must be a number, got nan"
+    if value < minimum:
+        return f"{what} must be at least {_plain(minimum)}, got {shown(value)}"
+    if value > maximum:
+        return f"{what} must be at most {_plain(maximum)}, got {shown(value)}"
+    return None
+
+
+def shown(value: Any) -> str:
+    """`value` for an error message: a number of thousands of digits is described, not printed
+    (past 4300 digits Python refuses to print it), and a long text is cut."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"a number of about {round(value.bit_length() * 0.30103)} digits"
+    if isinstance(value, float) and (1e-6 <= abs(value) < 1e18 or value == 0):   # "100,000", not "100000.0"
+        return format_number(value)
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _plain(n: float) -> str:
+    return f"{n:,}" if isinstance(n, int) else format_number(n)
 
 
 _UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))

@@ -17,11 +17,15 @@ from ..events import Event
 from ..kernel import ACTIONS
 from ..policy.explain import explain
 from ..status import gather_status
+from ..units import INT64_MAX, MAX_DURATION
 from ._registry import Deps, deps_of, tool
 from .models import (Actions, ActionOut, BeatOut, CheckResultOut, EventOut, Events, HaltOut, Halts, IncidentOut,
                      Incidents, PolicyExplanation, PulseHistory, PulseStatus, RuleOut, SystemStatus)
 
 Limit = Annotated[int, Field(ge=1, le=500, description="at most this many items")]
+# ids are SQLite integers: 1 to 2**63-1; beyond, the driver raises OverflowError inside the tool
+IdBounds = Field(ge=1, le=INT64_MAX)
+MAX_HOURS = MAX_DURATION / 3600   # ten years
 DECISIONS = "decision.[mr]*"  # decision.made and decision.rejected
 
 
@@ -104,7 +108,8 @@ async def fazt_pulse_status(ctx: Context) -> PulseStatus:
 @tool("fazt_pulse_history", scope="read", title="Beat history", read_only=True)
 async def fazt_pulse_history(
         ctx: Context,
-        hours: Annotated[float, Field(gt=0, le=24 * 90, description="how far back, in hours")] = 24,
+        hours: Annotated[float, Field(gt=0, le=24 * 90, allow_inf_nan=False,
+                                      description="how far back, in hours")] = 24,
         limit: Annotated[int, Field(ge=1, le=2000, description="at most this many (newest) beats")] = 200,
 ) -> PulseHistory:
     """Beats (collection rounds) of the last `hours`, oldest first, each with what was not ok in it."""
@@ -138,9 +143,10 @@ async def fazt_incidents_list(
 async def fazt_events_list(
         ctx: Context,
         type: Annotated[str | None, Field(description="a type glob such as 'halt.*' or 'action.failed'")] = None,
-        since_hours: Annotated[float | None, Field(gt=0, description="only the last N hours")] = None,
-        incident_id: Annotated[int | None, Field(description="only events of this incident")] = None,
-        after_id: Annotated[int | None, Field(description="only events after this id")] = None,
+        since_hours: Annotated[float | None, Field(gt=0, le=MAX_HOURS, allow_inf_nan=False,
+                                                   description="only the last N hours")] = None,
+        incident_id: Annotated[int | None, IdBounds, Field(description="only events of this incident")] = None,
+        after_id: Annotated[int | None, Field(ge=0, le=INT64_MAX, description="only events after this id")] = None,
         limit: Limit = 50,
 ) -> Events:
     """Events of the append-only audit trail, newest first: beats, incidents, decisions, actions,
@@ -152,7 +158,7 @@ async def fazt_events_list(
 @tool("fazt_decisions_list", scope="read", title="Decisions", read_only=True)
 async def fazt_decisions_list(
         ctx: Context,
-        incident_id: Annotated[int | None, Field(description="only decisions about this incident")] = None,
+        incident_id: Annotated[int | None, IdBounds, Field(description="only decisions about this incident")] = None,
         limit: Limit = 50,
 ) -> Events:
     """Decisions, newest first: `decision.made` (trigger, planner, autonomy, verdict, reason, plan,

@@ -44,7 +44,9 @@ FAILED = "error "      # ... or why it cannot serve this daemon
 # hop-by-hop headers (RFC 9110 7.6.1), and the length, which is set again for the body passed on
 _REQUEST_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
                  b"upgrade", b"content-length"}
-_RESPONSE_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"trailer", b"transfer-encoding", b"upgrade"}
+# in responses also `date` and `server`: the daemon's uvicorn adds its own, so the worker's would come twice
+_RESPONSE_DROP = {b"connection", b"keep-alive", b"proxy-connection", b"trailer", b"transfer-encoding", b"upgrade",
+                  b"date", b"server"}
 # no read timeout: a stream (SSE) may stay quiet for as long as the client keeps it open
 TIMEOUTS = {"connect": 10.0, "read": None, "write": 10.0, "pool": 10.0}
 
