@@ -309,3 +309,11 @@ def test_delete_asks_and_removes_the_app_and_its_files(plane: Plane, tmp_path: P
     assert plane.get("blog").status_code == 404
     assert json.loads(plane.ops.cli("apps", "list", "--json").stdout) == []
     assert [e["data"]["app"] for e in events(plane.ops, "app.deleted")] == ["blog"]
+
+
+def test_a_deeply_nested_fazt_toml_is_refused_with_a_message_not_a_traceback(ops: Ops, tmp_path: Path) -> None:
+    source = site(tmp_path / "deep", {"index.html": "x"})
+    (source / "fazt.toml").write_text("spa = " + "[" * 5000 + "]" * 5000 + "\n")
+    r = deploy(ops, source, "deep")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "fazt.toml: too deeply nested" in r.stderr and "Traceback" not in r.stderr

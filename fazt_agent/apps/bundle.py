@@ -151,6 +151,8 @@ def _settings(raw: bytes | None) -> dict[str, Any]:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise BundleError(f"{SETTINGS_FILE}: {e}") from None
+    except RecursionError:
+        raise BundleError(f"{SETTINGS_FILE}: too deeply nested") from None
     unknown = set(data) - {"spa", "health", "domains", "timeout"}
     if unknown:
         raise BundleError(f"{SETTINGS_FILE}:{sorted(unknown)[0]}: unknown setting (spa, health, domains, timeout)")
