@@ -455,3 +455,18 @@ def _count(db, sql: str) -> int:
 def _rows(db, sql: str) -> list[tuple]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
         return conn.execute(sql).fetchall()
+
+
+def test_headers_that_frame_the_request_are_refused_with_the_file_and_key(ops: Ops, site: Site) -> None:
+    # the request has no body: h11 writes its framing, a configured one would make the server wait
+    for name in ("Content-Length", "transfer-encoding"):
+        ops.write_pulse("web", f'[[checks]]\nname = "web"\nkind = "http"\nurl = "{site.url}/"\n'
+                               f'headers = {{ {name} = "5" }}\n')
+        result = ops.cli("config", "check")
+        assert result.returncode == 2, result.stdout
+        assert "web.toml" in result.stderr and f"header '{name}' is set by the agent" in result.stderr, result.stderr
+    ops.write_pulse("web", f'[[checks]]\nname = "web"\nkind = "http"\nurl = "{site.url}/"\n'
+                           'headers = { X-Token = " padded\\t" }\n')
+    assert ops.cli("config", "check").returncode == 0
+    [r] = beat(ops)["results"]
+    assert r["status"] == "ok", r

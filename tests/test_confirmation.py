@@ -210,3 +210,24 @@ def test_flap_control_can_be_turned_off_and_bad_values_are_refused(ops: Ops, plu
     assert checked.returncode == 2
     assert "app.toml:checks[0].command.for: Input should be greater than or equal to 1" in checked.stderr
     assert "app.toml:checks[0].command.flap_count: 1 would call every incident flapping" in checked.stderr
+
+
+def test_a_beat_the_overloaded_agent_could_not_measure_does_not_count_toward_for_n(
+        ops: Ops, plugin: Plugin) -> None:
+    plugin.set(2)
+    command_check(ops, plugin, "for = 3\ntimeout = \"1s\"\n")
+    assert only_result(ops, "app")["message"] == "APP STATE 2 (1 of 3 beats)"
+    # one slot, held by a slow check listed first: "app" waits past its 1 s timeout, not measured
+    ops.set_config("pulse", "max_concurrency", 1)
+    ops.write_pulse("app", '[[checks]]\nname = "hog"\nkind = "command"\ncommand = ["sleep", "2"]\ntimeout = "4s"\n\n'
+                           f'[[checks]]\nname = "app"\nkind = "command"\ncommand = ["{plugin.path}"]\n'
+                           'for = 3\ntimeout = "1s"\n')
+    skipped = only_result(ops, "app")
+    assert skipped["status"] == "unknown" and skipped["details"]["cause"] == "agent_overloaded", skipped
+    command_check(ops, plugin, "for = 3\ntimeout = \"1s\"\n")
+    # the unmeasured beat is no beat: neither a break in the streak nor one of its three
+    assert only_result(ops, "app")["message"] == "APP STATE 2 (2 of 3 beats)"
+    assert events(ops, "incident.*") == []
+    third = only_result(ops, "app")
+    assert third["message"] == "APP STATE 2" and third["details"]["confirm"]["confirmed"] == "critical"
+    assert len(events(ops, "incident.opened")) == 1

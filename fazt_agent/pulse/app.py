@@ -11,6 +11,7 @@ release that starts failing soon after its deploy (`app.rollback` with `within`)
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -20,6 +21,10 @@ from pydantic import Field
 
 from ..units import Duration, format_duration
 from .base import Check, CheckConfig, CheckContext, CheckResult, check
+from .http import pool
+from .http_client import HttpError, HttpPool
+
+_LISTING_LIMIT = 1024 * 1024
 
 
 class AppConfig(CheckConfig):
@@ -36,24 +41,34 @@ class AppCheck(Check):
     config: AppConfig
 
     async def collect(self, ctx: CheckContext) -> list[CheckResult]:
-        import httpx
+        """Through the pulse's shared keep-alive pool (as `http` checks), else a pool of its own."""
+        shared = pool(ctx)
+        if shared is not None:
+            return await self._collect(shared, ctx)
+        own = HttpPool()
+        try:
+            return await self._collect(own, ctx)
+        finally:
+            await own.aclose()
 
+    async def _collect(self, client: HttpPool, ctx: CheckContext) -> list[CheckResult]:
         c = self.config
         base = c.url.rstrip("/")
-        async with httpx.AsyncClient(timeout=c.request_timeout) as client:
-            try:
-                listing = await client.get(f"{base}/.well-known/fazt-apps")
-                listing.raise_for_status()
-                apps = listing.json()
-            except (httpx.HTTPError, ValueError) as e:
-                return [self.result("", "critical", f"the apps plane at {base} does not answer: {e or type(e).__name__}")]
-            wanted = [a for a in apps if any(fnmatchcase(a["name"], g) for g in c.apps)]
-            return list(await asyncio.gather(*(self._probe(client, base, a, ctx) for a in wanted)))
+        try:
+            async with asyncio.timeout(c.request_timeout):
+                listing = await client.request("GET", f"{base}/.well-known/fazt-apps", body_limit=_LISTING_LIMIT)
+            if not 200 <= listing.status_code < 300:
+                raise ValueError(f"status {listing.status_code}")
+            apps = json.loads(listing.body)
+        except TimeoutError:
+            return [self.result("", "critical", f"the apps plane at {base} does not answer within "
+                                                f"{format_duration(c.request_timeout)}")]
+        except (HttpError, ValueError) as e:
+            return [self.result("", "critical", f"the apps plane at {base} does not answer: {e or type(e).__name__}")]
+        wanted = [a for a in apps if any(fnmatchcase(a["name"], g) for g in c.apps)]
+        return list(await asyncio.gather(*(self._probe(client, base, a, ctx) for a in wanted)))
 
-    async def _probe(self, client: object, base: str, app: dict[str, object], ctx: CheckContext) -> CheckResult:
-        import httpx
-
-        assert isinstance(client, httpx.AsyncClient)
+    async def _probe(self, client: HttpPool, base: str, app: dict[str, object], ctx: CheckContext) -> CheckResult:
         name, health = str(app["name"]), app.get("health")
         path = str(health) if health else "/"
         limit = 400 if health else 500
@@ -63,9 +78,13 @@ class AppCheck(Check):
                    "since_deploy_s": round(age, 1), "path": path}
         t0 = time.monotonic()
         try:
-            r = await client.get(f"{base}{path}", headers={"host": f"{name}.{self.config.domain}"})
-        except httpx.HTTPError as e:
-            return self.result(name, "critical", f"{name}: GET {path} failed: {e or type(e).__name__}", **details)
+            async with asyncio.timeout(self.config.request_timeout):
+                r = await client.request("GET", f"{base}{path}", {"Host": f"{name}.{self.config.domain}"})
+        except TimeoutError:
+            return self.result(name, "critical", f"{name}: GET {path}: no answer within "
+                                                 f"{format_duration(self.config.request_timeout)}", **details)
+        except HttpError as e:
+            return self.result(name, "critical", f"{name}: GET {path} failed: {type(e).__name__}: {e}", **details)
         ms = (time.monotonic() - t0) * 1000
         metrics = {"latency_ms": ms, "status_code": float(r.status_code)}
         where = f"release {app['release']}, deployed {format_duration(age)} ago"

@@ -29,6 +29,7 @@ from .http_client import HttpError, HttpPool, InvalidURL, Response, parse_url
 _STATUS_CLASS = re.compile(r"^[1-5]xx$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FRAMING = ("content-length", "transfer-encoding")   # the request's framing: h11 writes it
 _BODY_LIMIT = 1024 * 1024  # expect_text is searched in the first MiB
 _SNIPPET = 200
 _NO_ANSWER = "no answer within"       # the messages of problems about time (HttpCheck.timed)
@@ -65,6 +66,8 @@ class HttpConfig(CheckConfig):
         for name, text in value.items():
             if not _TOKEN.match(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if name.lower() in _FRAMING:
+                raise ValueError(f"header {name!r} is set by the agent (the request has no body); remove it")
             if _CONTROL.search(text):
                 raise ValueError(f"header {name!r} holds a line break or control character")
             try:

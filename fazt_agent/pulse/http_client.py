@@ -8,11 +8,17 @@ SSL context each, 21-36 ms); 500 http checks with this client cost about 0.06 s,
 A check needs little of HTTP: one request, the status, a few headers and at most the first MiB
 of the body.
 
-What it does: `GET`-style requests without a body; `Content-Length`, chunked or until-close
-bodies; gzip/deflate when a server compresses anyway (it is asked for `identity`); redirects
-when asked (at most 20, `Authorization` dropped on another origin); Basic auth from the URL's
-user info. What it does not: proxies (`HTTP_PROXY` is ignored: the agent checks its own
-server), HTTP/2, cookies. Trusted CAs are the system's (`SSL_CERT_FILE`/`SSL_CERT_DIR` apply).
+The protocol is h11's (the sans-IO HTTP/1.1 library under httpcore): it writes the request,
+parses the answer, frames its body (Content-Length, chunked, until close; none for HEAD, 1xx,
+204, 304) and says whether the connection may be reused (both sides DONE). This module keeps
+the sockets (asyncio streams), the pool, the TLS contexts, the limits, the redirects and the
+retry of a stale connection.
+
+What it does: `GET`-style requests without a body; gzip/deflate when a server compresses anyway
+(it is asked for `identity`); redirects when asked (at most 20, `Authorization` dropped on
+another origin); Basic auth from the URL's user info. What it does not: proxies (`HTTP_PROXY` is
+ignored: the agent checks its own server), HTTP/2, cookies, HTTP/1.0 keep-alive (h11 closes such
+connections). Trusted CAs are the system's (`SSL_CERT_FILE`/`SSL_CERT_DIR` apply).
 
 A body is read only up to a limit; a connection whose response was not read to its end is
 closed, never put back. A reused connection that the server closed meanwhile (its keep-alive
@@ -23,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import re
 import ssl
 import time
 import zlib
@@ -30,7 +38,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
-HEADER_LIMIT = 64 * 1024        # the status line and headers of one response
+import h11
+
+HEADER_LIMIT = 64 * 1024        # the status line and headers of one response (h11 checks it per read)
+READ_SIZE = 64 * 1024           # bytes asked of the socket at a time
 KEEPALIVE = 60.0                # an idle connection is closed after this long
 IDLE_PER_ORIGIN = 100
 MAX_REDIRECTS = 20
@@ -53,6 +64,10 @@ class ReadError(HttpError):
 
 class RemoteProtocolError(HttpError):
     """The server's answer is not HTTP/1.x as it should be, or it closed without one."""
+
+
+class LocalProtocolError(HttpError):
+    """The request cannot be sent as configured (e.g. a header that breaks its framing)."""
 
 
 class TooManyRedirects(HttpError):
@@ -94,6 +109,7 @@ class _Url:
         return self.tls, self.host, self.port
 
 
+@functools.lru_cache(maxsize=4096)  # a check asks for the same URL every beat
 def parse_url(url: str) -> _Url:
     """Raises InvalidURL: not http(s), no host, or a port that is not a number."""
     parts = urlsplit(url)
@@ -125,14 +141,37 @@ def parse_url(url: str) -> _Url:
 class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    http: h11.Connection
     idle_since: float = 0.0
     reused: bool = False
+    received: int = 0      # bytes of the current answer read from the socket
 
     def usable(self, now: float) -> bool:
         """Still open, nothing unread (a server that closed it has sent EOF), not idle too long."""
         unread = getattr(self.reader, "_buffer", b"")  # e.g. a "408 Request Timeout" sent before closing
         return (now - self.idle_since < KEEPALIVE and not self.writer.is_closing()
-                and not self.reader.at_eof() and not unread)
+                and not self.reader.at_eof() and not unread and not self.http.trailing_data[0])
+
+    async def next_event(self, deadline: float | None = None) -> Any:
+        """h11's next event, reading the socket when it needs more (b"" at EOF: h11 then says
+        whether the answer was complete), by `deadline` (loop time) when given.
+
+        Raises:
+            h11.RemoteProtocolError: not HTTP/1.x as it should be, or closed in the middle.
+            OSError: the connection broke.
+            TimeoutError: past the deadline.
+        """
+        while True:
+            event = self.http.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if deadline is None:
+                data = await self.reader.read(READ_SIZE)
+            else:  # a timer only when waiting: a small body usually came with the headers
+                async with asyncio.timeout_at(deadline):
+                    data = await self.reader.read(READ_SIZE)
+            self.received += len(data)
+            self.http.receive_data(data)
 
     def abort(self) -> None:
         self.writer.transport.abort()
@@ -142,7 +181,6 @@ class _Conn:
 class _Head:
     status: int
     headers: dict[str, str]
-    keep_alive: bool
 
 
 @dataclass
@@ -186,19 +224,21 @@ class HttpPool:
         """Send one request (following redirects when asked) and read its answer.
 
         `body_limit` bytes of the final body are returned (0: none is kept); a body not kept is
-        read only to keep the connection when it is at most `drain_limit` bytes and already
-        there, else the connection is closed. `on_headers()` is called when the final response's
-        headers have arrived (the check's latency). The caller bounds the time (asyncio.timeout).
+        read only to keep the connection when it is at most `drain_limit` bytes and comes within
+        a second, else the connection is closed. `on_headers()` is called when the final
+        response's headers have arrived (the check's latency). The caller bounds the time
+        (asyncio.timeout).
 
         Raises:
-            HttpError: ConnectError, ReadError, RemoteProtocolError, TooManyRedirects, InvalidURL.
+            HttpError: ConnectError, ReadError, RemoteProtocolError, LocalProtocolError,
+                TooManyRedirects, InvalidURL.
         """
         if self.closed:
             raise RuntimeError("the HTTP pool is closed")
         user = {k.lower(): (k, v) for k, v in (headers or {}).items()}
         current = parse_url(url)
         for _ in range(MAX_REDIRECTS + 1):
-            conn, head = await self._exchange(method, current, verify, _request_head(method, current, user))
+            conn, head = await self._exchange(method, current, verify, _request(method, current, tuple(user.values())))
             try:
                 final = not (follow_redirects and head.status in REDIRECTS and "location" in head.headers)
                 if final and on_headers is not None:
@@ -208,9 +248,10 @@ class HttpPool:
             except BaseException:  # a timeout or cancellation while the body comes: never reuse it
                 self._discard(conn)
                 raise
-            self._release(conn, current, verify, reusable=head.keep_alive and body.complete)
+            self._release(conn, current, verify, complete=body.complete)
             if final:
-                return Response(head.status, head.headers, _decode(head.headers, body.data, body_limit), current.url)
+                data = _decode(head.headers, body.data, body_limit) if body_limit else b""
+                return Response(head.status, head.headers, data, current.url)
             following = parse_url(urljoin(current.url, head.headers["location"]))
             if following.origin != current.origin:
                 user.pop("authorization", None)
@@ -219,30 +260,31 @@ class HttpPool:
             current = following
         raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects, the last to {current.url}")
 
-    async def _exchange(self, method: str, url: _Url, verify: bool, head_bytes: bytes) -> tuple[_Conn, _Head]:
-        """Send the request head and read the response head; once more on a new connection when a
+    async def _exchange(self, method: str, url: _Url, verify: bool, request: h11.Request) -> tuple[_Conn, _Head]:
+        """Send the request and read the response head; once more on a new connection when a
         reused one turns out closed before any answer."""
         for attempt in (1, 2):
             conn = await self._connection(url, verify, fresh=attempt == 2 or method not in REPEATABLE)
             self._busy.add(conn)
             try:
-                conn.writer.write(head_bytes)
-                return conn, await _read_head(conn.reader, method)
-            except (asyncio.IncompleteReadError, ConnectionError) as e:
+                try:
+                    data = conn.http.send(request) + conn.http.send(h11.EndOfMessage())
+                except h11.LocalProtocolError as e:
+                    raise LocalProtocolError(f"cannot send the request: {e}") from None
+                conn.received = 0
+                conn.writer.write(data)
+                return conn, await _read_head(conn)
+            except (h11.RemoteProtocolError, ConnectionError) as e:
                 self._discard(conn)
-                got = isinstance(e, asyncio.IncompleteReadError) and bool(e.partial)
-                if conn.reused and not got and attempt == 1 and method in REPEATABLE:
+                if conn.reused and not conn.received and attempt == 1 and method in REPEATABLE:
                     continue  # the server closed this kept-alive connection meanwhile
-                if isinstance(e, asyncio.IncompleteReadError):
-                    raise RemoteProtocolError("the server closed the connection without a complete answer") from None
+                if isinstance(e, h11.RemoteProtocolError):
+                    raise RemoteProtocolError(_protocol_message(conn, e, "answer")) from None
                 raise ReadError(f"connection lost: {e.strerror or type(e).__name__}") from None
-            except asyncio.LimitOverrunError:
-                self._discard(conn)
-                raise RemoteProtocolError(f"response headers longer than {HEADER_LIMIT // 1024} KiB") from None
             except OSError as e:
                 self._discard(conn)
                 raise ReadError(f"connection lost: {e.strerror or e}") from None
-            except BaseException:  # RemoteProtocolError, a timeout, cancellation
+            except BaseException:  # LocalProtocolError, a timeout, cancellation
                 self._discard(conn)
                 raise
         raise AssertionError("unreachable")
@@ -262,7 +304,7 @@ class HttpPool:
         context = self.ssl_context(verify) if url.tls else None
         try:
             reader, writer = await asyncio.open_connection(
-                url.host, url.port, ssl=context, server_hostname=url.host if context else None, limit=HEADER_LIMIT)
+                url.host, url.port, ssl=context, server_hostname=url.host if context else None, limit=READ_SIZE)
         except ssl.SSLCertVerificationError as e:
             raise ConnectError(f"TLS certificate of {url.authority} not trusted: {e.verify_message}") from None
         except ssl.SSLError as e:
@@ -270,41 +312,39 @@ class HttpPool:
         except OSError as e:  # refused, unreachable, name unknown (socket.gaierror)
             raise ConnectError(f"cannot connect to {url.authority}: {e.strerror or e}") from None
         self.connections_opened += 1
-        return _Conn(reader, writer)
+        return _Conn(reader, writer, h11.Connection(h11.CLIENT, max_incomplete_event_size=HEADER_LIMIT))
 
     async def _read_body(self, conn: _Conn, method: str, head: _Head, keep: int, limit: int) -> _Body:
         """Up to `limit` bytes of the body. Kept (`keep` > 0): read as it comes, a broken body is an
-        error. Not kept: only a small body that comes at once is read (to keep the connection);
-        anything else closes it, never an error."""
-        if method == "HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
-            return _Body()
+        error. Not kept: only a small body that comes within a second is read (to keep the
+        connection); anything else closes it, never an error."""
         if keep:
             try:
-                return await _read_framed(conn.reader, head, limit)
-            except asyncio.IncompleteReadError:
-                raise RemoteProtocolError("the server closed the connection in the middle of the body") from None
-            except (asyncio.LimitOverrunError, ValueError):
-                raise RemoteProtocolError("malformed chunked body") from None
+                return await _read_to(conn, limit)
+            except h11.RemoteProtocolError as e:
+                raise RemoteProtocolError(_protocol_message(conn, e, "body")) from None
             except OSError as e:
                 raise ReadError(f"connection lost: {e.strerror or e}") from None
-        length = head.headers.get("content-length")
-        small = length is not None and length.isdigit() and int(length) <= limit
-        if not small and "chunked" not in head.headers.get("transfer-encoding", "").lower():
+        if not _worth_draining(method, head, limit):
             return _Body(complete=False)
         try:
-            return await asyncio.wait_for(_read_framed(conn.reader, head, limit), 1.0)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, ValueError):
+            return await _read_to(conn, limit, asyncio.get_running_loop().time() + 1.0)
+        except (TimeoutError, h11.RemoteProtocolError, OSError):
             return _Body(complete=False)
 
-    def _release(self, conn: _Conn, url: _Url, verify: bool, *, reusable: bool) -> None:
+    def _release(self, conn: _Conn, url: _Url, verify: bool, *, complete: bool) -> None:
+        """Back to the idle connections when h11 says both sides are done (no `Connection: close`,
+        not HTTP/1.0, not delimited by the close), else closed."""
         self._busy.discard(conn)
-        if not reusable or self.closed:
+        http = conn.http
+        if not complete or self.closed or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
             conn.abort()
             return
         idle = self._idle.setdefault((*url.origin, verify), [])
         if len(idle) >= IDLE_PER_ORIGIN:
             conn.abort()
             return
+        http.start_next_cycle()
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
@@ -348,7 +388,11 @@ class HttpPool:
                     task.exception()  # retrieved: a reset while closing is not worth a log line
 
 
-def _request_head(method: str, url: _Url, user: dict[str, tuple[str, str]]) -> bytes:
+@functools.lru_cache(maxsize=4096)
+def _request(method: str, url: _Url, user: tuple[tuple[str, str], ...]) -> h11.Request:
+    """The request h11 will write (made once per check: h11 validates every header, ~30 µs).
+
+    Raises LocalProtocolError: a configured header h11 refuses."""
     from .. import __version__
 
     lines = {"host": ("Host", url.authority), "user-agent": ("User-Agent", f"fazt-agent/{__version__}"),
@@ -357,74 +401,69 @@ def _request_head(method: str, url: _Url, user: dict[str, tuple[str, str]]) -> b
         lines["content-length"] = ("Content-Length", "0")
     if url.auth is not None:
         lines["authorization"] = ("Authorization", url.auth)
-    lines.update(user)
-    text = f"{method} {url.target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in lines.values()) + "\r\n"
-    return text.encode("latin-1")
+    lines.update((k.lower(), (k, v)) for k, v in user)
+    try:
+        return h11.Request(method=method, target=url.target,
+                           headers=[(k.encode("latin-1"), v.strip(" \t").encode("latin-1"))  # no edge OWS
+                                    for k, v in lines.values()])
+    except h11.LocalProtocolError as e:
+        raise LocalProtocolError(f"cannot send the request: {e}") from None
 
 
-async def _read_head(reader: asyncio.StreamReader, method: str) -> _Head:
-    """The status line and headers (1xx interim answers skipped).
-
-    Raises:
-        RemoteProtocolError: not an HTTP/1.x answer.
-    """
+async def _read_head(conn: _Conn) -> _Head:
+    """The status and headers (1xx interim answers skipped); lower-case names, repeated ones
+    joined with ", "."""
     while True:
-        raw = await reader.readuntil(b"\r\n\r\n")
-        lines = raw.decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise RemoteProtocolError(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
-        status = int(code)
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise RemoteProtocolError(f"malformed header line: {line[:80]!r}")
-            name = name.strip().lower()
-            headers[name] = f"{headers[name]}, {value.strip()}" if name in headers else value.strip()
-        if 100 <= status < 200 and status != 101:
+        event = await conn.next_event()
+        if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
             continue
-        connection = headers.get("connection", "").lower()
-        keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
-        framed = ("content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
-                  or method == "HEAD" or status in (204, 304))
-        return _Head(status, headers, keep_alive and framed and status != 101)
+        if not isinstance(event, (h11.Response, h11.InformationalResponse)):
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            key, text = name.decode("latin-1"), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        return _Head(event.status_code, headers)
 
 
-async def _read_framed(reader: asyncio.StreamReader, head: _Head, limit: int) -> _Body:
-    """The body as framed by its headers, at most `limit` bytes (complete=False when cut)."""
-    if "chunked" in head.headers.get("transfer-encoding", "").lower():
-        parts, size = [], 0
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            length = int(line.split(b";", 1)[0].strip() or b"x", 16)  # ValueError: malformed
-            if length == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                    pass
-                return _Body(b"".join(parts))
-            if size + length > limit:
-                parts.append(await reader.readexactly(limit - size))
-                return _Body(b"".join(parts), complete=False)
-            parts.append(await reader.readexactly(length))
-            size += length
-            await reader.readexactly(2)
-    length_text = head.headers.get("content-length")
-    if length_text is not None:
-        length = int(length_text.split(",")[0])
-        if length > limit:
-            return _Body(await reader.readexactly(limit), complete=False)
-        return _Body(await reader.readexactly(length))
-    data = await reader.read(limit)  # delimited by the server closing the connection
-    parts = [data]
-    size = len(data)
-    while data and size < limit:
-        data = await reader.read(limit - size)
-        parts.append(data)
-        size += len(data)
-    return _Body(b"".join(parts), complete=False)
+async def _read_to(conn: _Conn, limit: int, deadline: float | None = None) -> _Body:
+    """The body as h11 frames it, at most `limit` bytes (complete=False when cut)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        event = await conn.next_event(deadline)
+        if type(event) is h11.Data:
+            parts.append(event.data)
+            size += len(event.data)
+            if size > limit:
+                return _Body(b"".join(parts)[:limit], complete=False)
+        elif type(event) is h11.EndOfMessage:
+            return _Body(b"".join(parts))
+        else:  # PAUSED after a protocol switch (101), ConnectionClosed
+            return _Body(b"".join(parts), complete=False)
+
+
+def _worth_draining(method: str, head: _Head, limit: int) -> bool:
+    """Whether reading an unwanted body may keep the connection: none is coming (HEAD, 204,
+    304), a Content-Length within the limit, or chunked (read up to the limit). A body that ends
+    with the connection never keeps it, and a long one is not worth the bytes."""
+    if method == "HEAD" or head.status in (101, 204, 304):
+        return True
+    length = head.headers.get("content-length")
+    if length is not None:
+        return int(length.split(",")[0]) <= limit   # h11 checked it is a number
+    return "chunked" in head.headers.get("transfer-encoding", "").lower()
+
+
+def _protocol_message(conn: _Conn, error: h11.RemoteProtocolError, part: str) -> str:
+    """h11's complaint, said as what happened."""
+    if error.error_status_hint == 431:
+        return f"response headers longer than {HEADER_LIMIT // 1024} KiB"
+    if conn.http.trailing_data[1]:  # the server closed the connection
+        return ("the server closed the connection without a complete answer" if part == "answer"
+                else "the server closed the connection in the middle of the body")
+    said = re.sub(r"bytearray\((b'.*?'|b\".*?\")\)", r"\1", str(error))  # h11 shows its buffer so
+    return f"not an HTTP/1.x {part}: {said[:160]}"
 
 
 def _decode(headers: dict[str, str], body: bytes, limit: int) -> bytes:
