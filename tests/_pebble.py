@@ -22,6 +22,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from functools import partial
 from ipaddress import ip_address
 from pathlib import Path
@@ -55,9 +56,10 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_ca(cn: str = "fazt test CA") -> Issuer:
+def make_ca(cn: str = "fazt test CA", *, now: datetime | None = None) -> Issuer:
+    """A CA valid from a day before `now` (default: this process's clock) for ten years."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
+    now = now or datetime.now(timezone.utc)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn)).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -70,10 +72,11 @@ def make_ca(cn: str = "fazt test CA") -> Issuer:
 
 
 def make_leaf(ca: Issuer, names: list[str], *, days: float = 90, lifetime: float | None = None,
-              key: ec.EllipticCurvePrivateKey | None = None) -> tuple[bytes, bytes]:
-    """(certificate PEM, key PEM) for `names` (DNS names or IPs), valid `days` more out of `lifetime`."""
+              key: ec.EllipticCurvePrivateKey | None = None, now: datetime | None = None) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) for `names` (DNS names or IPs), valid `days` more out of `lifetime`
+    after `now` (default: this process's clock)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
+    now = now or datetime.now(timezone.utc)
     lifetime = lifetime if lifetime is not None else max(days, 90)
     not_after = now + timedelta(days=days)
     sans = [x509.IPAddress(ip_address(n)) if n.replace(".", "").isdigit() else x509.DNSName(n) for n in names]
@@ -116,6 +119,19 @@ class Pebble:
         context = ssl.create_default_context(cafile=str(self.ca_bundle))
         with urllib.request.urlopen(f"{self.management}/roots/0", context=context, timeout=10) as response:
             return response.read()
+
+    def now(self) -> datetime:
+        """The time by pebble's clock, to the second (the Date header of its directory).
+
+        pebble dates the certificates it issues by its own clock. It is a Go program, which reads
+        the clock through the vDSO, not libc: under libfaketime (scripts/test-any-date) it keeps
+        the real time while the tests and the agent see the shifted one. A test that judges the
+        certificates pebble issues dates itself from this clock, as a host whose clock agrees
+        with its CA's.
+        """
+        context = ssl.create_default_context(cafile=str(self.ca_bundle))
+        with urllib.request.urlopen(self.directory, context=context, timeout=10) as response:
+            return parsedate_to_datetime(response.headers["Date"])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:

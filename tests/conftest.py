@@ -9,8 +9,11 @@ import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import tomli_w
@@ -42,6 +45,35 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free loopback port in {start}..{start + _PORT_BLOCK - 1}")
+
+
+# -- dates ---------------------------------------------------------------------------------
+# A test never mixes a fixed date with the real clock: a fake clock starts from the real now, and
+# files a test ages are aged from the clock the code under test reads (fake or real).
+
+def next_local(after: datetime, weekday: int, hour: int, tz: str = "UTC") -> datetime:
+    """The first `weekday` (0 = Monday) at `hour`:00 wall time in `tz` at or after `after`, in UTC.
+
+    For the few tests whose outcome depends on the weekday or the hour (a maintenance window):
+    their fake clock moves there from the real now instead of starting at a fixed date.
+    """
+    zone = ZoneInfo(tz)
+    day = after.astimezone(zone).date()
+    day += timedelta(days=(weekday - day.weekday()) % 7)
+    while (at := datetime.combine(day, clock_time(hour), zone)) < after:
+        day += timedelta(days=7)
+    return at.astimezone(timezone.utc)
+
+
+def age_file(path: Path, seconds: float = 0.0, now: datetime | None = None) -> None:
+    """Make `path` `seconds` old by `now`: the clock the code under test reads (default: the wall
+    clock, which the CLI and daemon subprocesses read too).
+
+    A file just written carries the kernel's time, which a shifted clock (scripts/test-any-date)
+    does not move: a test whose outcome depends on a file's age, even a fresh one, sets it.
+    """
+    then = (now or datetime.now(timezone.utc)).timestamp() - seconds
+    os.utime(path, (then, then))
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,6 +46,15 @@ def incidents(ops: Ops) -> list[dict[str, Any]]:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def am_now(am: str) -> datetime:
+    """The time by Alertmanager's clock (its Date header), which it judges the alerts' times by.
+
+    Alertmanager is a Go program: it reads the clock through the vDSO, so a libfaketime-shifted
+    run (scripts/test-any-date) leaves it on the real time while this process is shifted.
+    """
+    return parsedate_to_datetime(httpx.get(f"{am}/-/ready", timeout=10).headers["Date"])
 
 
 def stamp(t: datetime) -> str:
@@ -87,11 +97,11 @@ def alertmanager(ops: Ops, daemon: Any, tmp_path: Path) -> Iterator[str]:
 
 
 def post_alert(am: str, *, resolved: bool = False, **labels: str) -> None:
-    start = now() - timedelta(minutes=5)
+    start = am_now(am) - timedelta(minutes=5)
     alert: dict[str, Any] = {"labels": labels, "annotations": {"summary": "5xx above 5 %"},
                              "startsAt": stamp(start), "generatorURL": "http://prometheus.example/graph"}
     if resolved:
-        alert["endsAt"] = stamp(now() - timedelta(seconds=1))
+        alert["endsAt"] = stamp(am_now(am) - timedelta(seconds=1))
     r = httpx.post(f"{am}/api/v2/alerts", json=[alert], timeout=10)
     assert r.status_code == 200, r.text
 

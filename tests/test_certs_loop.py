@@ -4,7 +4,7 @@ pebble at medium autonomy, the endpoint is verified live, and the next beat reso
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -22,10 +22,11 @@ DOMAIN = "shop.fazt.test"
 
 
 class Clock:
-    """A clock that starts at the real time (pebble dates its certificates by it) and moves on demand."""
+    """A clock that starts at pebble's time (it dates the certificates it issues by it; see
+    Pebble.now) and moves on demand; the test's own certificates are dated by it too."""
 
-    def __init__(self) -> None:
-        self.t, self.mono = datetime.now(timezone.utc), 1000.0
+    def __init__(self, start: datetime) -> None:
+        self.t, self.mono = start, 1000.0
 
     def now(self) -> datetime:
         return self.t
@@ -39,10 +40,15 @@ class Clock:
 
 
 @pytest.fixture
-def site(ops: Ops, pebble: Pebble, tmp_path: Path) -> Iterator[tuple[TlsServer, Path]]:
+def clock(pebble: Pebble) -> Clock:
+    return Clock(pebble.now())
+
+
+@pytest.fixture
+def site(ops: Ops, pebble: Pebble, clock: Clock, tmp_path: Path) -> Iterator[tuple[TlsServer, Path]]:
     """A TLS server for DOMAIN whose certificate (20 of 90 days left) a `tls` check watches."""
-    ca = make_ca()
-    cert, key = write_pair(tmp_path / "tls", *make_leaf(ca, [DOMAIN], days=20))
+    ca = make_ca(now=clock.t)
+    cert, key = write_pair(tmp_path / "tls", *make_leaf(ca, [DOMAIN], days=20, now=clock.t))
     trusted = tmp_path / "trusted.pem"
     trusted.write_bytes(ca.pem + pebble.roots())
     reloads = tmp_path / "reloads"
@@ -61,8 +67,8 @@ def site(ops: Ops, pebble: Pebble, tmp_path: Path) -> Iterator[tuple[TlsServer, 
 
 
 @pytest.fixture
-async def engine(ops: Ops, site: tuple[TlsServer, Path]) -> AsyncIterator[Engine]:
-    rt = await Runtime.open(load_config(ops.config), clock=Clock())
+async def engine(ops: Ops, site: tuple[TlsServer, Path], clock: Clock) -> AsyncIterator[Engine]:
+    rt = await Runtime.open(load_config(ops.config), clock=clock)
     yield Engine(rt)
     await rt.close()
 
@@ -117,10 +123,10 @@ async def test_at_low_autonomy_the_owner_is_told_and_nothing_is_renewed(engine: 
 
 
 async def test_a_check_without_a_certificate_name_only_notifies_with_the_reason(
-        ops: Ops, site: tuple[TlsServer, Path]) -> None:
+        ops: Ops, site: tuple[TlsServer, Path], clock: Clock) -> None:
     path = ops.dir / "pulse" / "tls.toml"
     path.write_text(path.read_text().replace('certificate = "shop"\n', ""))
-    rt = await Runtime.open(load_config(ops.config), clock=Clock())
+    rt = await Runtime.open(load_config(ops.config), clock=clock)
     try:
         engine = Engine(rt)
         await engine.set_autonomy("high", by="test")

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import Ops, base_env
+from conftest import Ops, age_file, base_env
 from fazt_agent.testing import Reply, ScriptedLLM, message, overloaded, text, tool_use
 
 KEY = "sk-ant-test-key-0123456789abcdef"
@@ -177,6 +177,7 @@ def test_a_prompt_injection_in_a_log_file_cannot_cause_an_unapproved_action(ops:
                                                                            env: dict[str, str]) -> None:
     ops.set_config("agent", "autonomy", "high")
     (junk / "access.log").write_text(INJECTION)
+    age_file(junk / "access.log")  # new by the clock the agent reads: the 7-day cleanup leaves it
     files = fill(junk, 6)
     llm.add(message(tool_use("tail_log", {"path": str(junk / "access.log")})), obey)
     ops.cli("beat", env=env)
@@ -200,6 +201,7 @@ def test_an_obeyed_injection_inside_the_policy_still_waits_for_the_owner(ops: Op
     ops.set_config("agent", "autonomy", "medium")
     (ops.dir / "kernel" / "actions.toml").write_text('[cleanup]\ndestructive_above = "16KB"\n')
     (junk / "access.log").write_text(INJECTION.replace("service_restart with unit sshd.service and ", ""))
+    age_file(junk / "access.log")  # new by the clock the agent reads
     files = fill(junk, 10, age_days=0)
 
     def obey_cleanup(request: dict) -> dict:

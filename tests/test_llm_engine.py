@@ -4,16 +4,14 @@ decisions as tasks, failures of every kind, caching-friendly requests, the offer
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Coroutine, Iterator
 
 import pytest
 
-from conftest import Ops
+from conftest import Ops, age_file
 from fazt_agent.config import load_config
 from fazt_agent.decide._tools import NAME, ToolSet, offered_actions
 from fazt_agent.engine import Engine
@@ -24,8 +22,10 @@ from fazt_agent.testing import Reply, ScriptedLLM, message, text, tool_use
 
 
 class FakeClock:
+    """Starts at the real now (a fixed date would be a time bomb); files are aged by it."""
+
     def __init__(self) -> None:
-        self.t = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
+        self.t = datetime.now(timezone.utc)
 
     def now(self) -> datetime:
         return self.t
@@ -53,12 +53,12 @@ def junk(ops: Ops, tmp_path: Path) -> Path:
     return root
 
 
-def fill(root: Path, count: int) -> None:
+def fill(root: Path, count: int, rt: Runtime) -> None:
+    """`count` files of 4 KiB, 30 days old by the runtime's fake clock (the one the cleanup reads)."""
     for i in range(count):
         path = root / f"old-{i:03}.log"
         path.write_bytes(b"x" * 4096)
-        then = time.time() - 30 * 86400
-        os.utime(path, (then, then))
+        age_file(path, 30 * 86400, rt.clock.now())
 
 
 class Tasks:
@@ -97,7 +97,7 @@ async def types(rt: Runtime, glob: str) -> list[dict]:
 async def test_a_slow_model_never_delays_the_beat(runtime: Runtime, llm: ScriptedLLM, junk: Path) -> None:
     tasks, release = Tasks(), threading.Event()
     engine = Engine(runtime, spawn=tasks)
-    fill(junk, 6)
+    fill(junk, 6, runtime)
     llm.add(Reply(message(tool_use("cleanup", {"root": str(junk), "older_than": "7d", "rationale": "old"})),
                   hold=release))
     await turn(engine)  # returns while the model is still "thinking"
@@ -116,7 +116,7 @@ async def test_a_beat_during_a_decision_does_not_start_another(runtime: Runtime,
                                                                junk: Path) -> None:
     tasks, release = Tasks(), threading.Event()
     engine = Engine(runtime, spawn=tasks)
-    fill(junk, 6)
+    fill(junk, 6, runtime)
     llm.add(Reply(message(tool_use("notify_only", {"reason": "old logs"})), hold=release))
     await turn(engine)
     runtime.clock.advance(60)  # type: ignore[attr-defined]
@@ -130,7 +130,7 @@ async def test_a_beat_during_a_decision_does_not_start_another(runtime: Runtime,
 async def test_a_decision_cut_short_by_a_stop_is_made_after_the_restart(runtime: Runtime, llm: ScriptedLLM,
                                                                         junk: Path) -> None:
     tasks, release = Tasks(), threading.Event()
-    fill(junk, 6)
+    fill(junk, 6, runtime)
     llm.add(Reply(message(text("never delivered")), hold=release))
     await turn(Engine(runtime, spawn=tasks))
     for _, task in tasks.tasks:  # the daemon stops: its drain cancels the decision
@@ -149,7 +149,7 @@ async def test_an_incident_that_resolves_while_the_model_thinks_is_left_alone(ru
                                                                               junk: Path) -> None:
     tasks, release = Tasks(), threading.Event()
     engine = Engine(runtime, spawn=tasks)
-    fill(junk, 6)
+    fill(junk, 6, runtime)
     llm.add(Reply(message(tool_use("cleanup", {"root": str(junk), "older_than": 0, "rationale": "x"})), hold=release))
     await turn(engine)
     for f in junk.iterdir():
@@ -176,7 +176,7 @@ async def test_an_incident_that_resolves_while_the_model_thinks_is_left_alone(ru
 ], ids=["refusal", "empty", "cut-off", "bad-input", "notify-and-act"])
 async def test_unusable_answers_fall_back_to_the_rules(runtime: Runtime, llm: ScriptedLLM, junk: Path,
                                                        reply: dict, kind: str) -> None:
-    fill(junk, 6)
+    fill(junk, 6, runtime)
     llm.add(reply)
     await turn(Engine(runtime))
     [fallback] = await types(runtime, "llm.fallback")
@@ -189,7 +189,7 @@ async def test_max_steps_bounds_the_investigation(ops: Ops, llm: ScriptedLLM, ju
     ops.set_config("llm", "max_steps", 3)
     rt = await open_runtime(ops, llm)
     try:
-        fill(junk, 6)
+        fill(junk, 6, rt)
         llm.add(*(message(tool_use("beat_history", {})) for _ in range(5)))
         await turn(Engine(rt))
         assert len(llm.requests) == 3
@@ -202,7 +202,7 @@ async def test_max_steps_bounds_the_investigation(ops: Ops, llm: ScriptedLLM, ju
 
 async def test_system_prompt_and_tools_are_byte_identical_between_calls_and_cached(runtime: Runtime, llm: ScriptedLLM,
                                                                                    junk: Path) -> None:
-    fill(junk, 6)
+    fill(junk, 6, runtime)
     thinking = {"type": "thinking", "thinking": "", "signature": "c2lnbmF0dXJl"}
     llm.add(message(thinking, tool_use("probe_detail", {"check": "junk"})),
             message(tool_use("process_list", {"limit": 3})), message(tool_use("notify_only", {"reason": "old logs"})))

@@ -3,8 +3,6 @@ reminders, verification that an action helped, cooldowns; and the gate's propert
 
 from __future__ import annotations
 
-import os
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import AsyncIterator
@@ -13,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Ops
+from conftest import Ops, age_file, next_local
 from fazt_agent.config import load_config
 from fazt_agent.engine import Engine
 from fazt_agent.kernel.base import Plan
@@ -23,8 +21,11 @@ from fazt_agent.runtime import Runtime
 
 
 class FakeClock:
+    """Starts at the real now (a fixed date would be a time bomb); a test that needs a weekday or
+    an hour moves it there, and the files a test ages are aged by it."""
+
     def __init__(self) -> None:
-        self.t = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)  # a Monday noon
+        self.t = datetime.now(timezone.utc)
         self.mono = 1000.0
 
     def now(self) -> datetime:
@@ -36,6 +37,9 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self.t += timedelta(seconds=seconds)
         self.mono += seconds
+
+    def advance_to(self, when: datetime) -> None:
+        self.advance((when - self.t).total_seconds())
 
 
 @pytest.fixture
@@ -52,12 +56,12 @@ def junk(ops: Ops, tmp_path: Path) -> Path:
     return root
 
 
-def fill(root: Path, count: int, age_days: float = 30, prefix: str = "old") -> None:
+def fill(root: Path, count: int, clock: FakeClock, age_days: float = 30, prefix: str = "old") -> None:
+    """`count` files of 4 KiB, `age_days` old by the fake clock (the one the cleanup reads)."""
     for i in range(count):
         path = root / f"{prefix}-{i:03}.log"
         path.write_bytes(b"x" * 4096)
-        then = time.time() - age_days * 86400
-        os.utime(path, (then, then))
+        age_file(path, age_days * 86400, clock.now())
 
 
 @pytest.fixture
@@ -82,7 +86,7 @@ async def test_an_unanswered_halt_is_reminded_then_expires_to_deny(engine: Engin
     (ops.dir / "kernel" / "actions.toml").write_text('[cleanup]\ndestructive_above = "16KB"\n')
     await engine.reload_policy()
     await engine.set_autonomy("medium", by="test")
-    fill(junk, 10)
+    fill(junk, 10, clock)
     await turn(engine)
     [halt] = await engine.executor.halts.list(status="pending")
     clock.advance(20 * 3600)  # the reminder goes out at 80 % of the 24 h
@@ -103,8 +107,8 @@ async def test_an_unanswered_halt_is_reminded_then_expires_to_deny(engine: Engin
 
 async def test_an_action_that_did_not_help_is_reported_once(engine: Engine, clock: FakeClock, junk: Path) -> None:
     await engine.set_autonomy("medium", by="test")
-    fill(junk, 3)
-    fill(junk, 10, age_days=0, prefix="fresh")  # too young to clean: the directory stays too big
+    fill(junk, 3, clock)
+    fill(junk, 10, clock, age_days=0, prefix="fresh")  # too young to clean: the directory stays too big
     await turn(engine)
     assert len(await types(engine, "action.succeeded")) == 1
     clock.advance(60)
@@ -126,12 +130,12 @@ async def test_an_action_that_did_not_help_is_reported_once(engine: Engine, cloc
 async def test_a_recurring_problem_waits_for_the_cooldown_then_acts_again(engine: Engine, clock: FakeClock,
                                                                          junk: Path) -> None:
     await engine.set_autonomy("medium", by="test")
-    fill(junk, 6)
+    fill(junk, 6, clock)
     await turn(engine)
     clock.advance(60)
     await turn(engine)
     assert len(await types(engine, "incident.resolved")) == 1
-    fill(junk, 6, prefix="again")
+    fill(junk, 6, clock, prefix="again")
     clock.advance(60)
     await turn(engine)
     held = (await types(engine, "decision.made"))[-1]
@@ -163,14 +167,15 @@ async def test_maintenance_window_holds_actions_silently(engine: Engine, clock: 
                        .replace("maintenance = []", 'maintenance = ["mon 12:00-14:00"]'))
     await engine.reload_policy()
     await engine.set_autonomy("medium", by="test")
-    fill(junk, 5)
-    await turn(engine)  # 12:00 UTC = 13:00 in Berlin: inside the window
+    clock.advance_to(next_local(clock.now(), 0, 13, "Europe/Berlin"))  # a Monday, 13:00 in Berlin
+    fill(junk, 5, clock)
+    await turn(engine)  # inside the window
     [decision] = await types(engine, "decision.made")
     assert decision["verdict"] == "notify" and "maintenance window" in decision["reason"]
     assert len(list(junk.iterdir())) == 5
     assert await types(engine, "notification.sent") == []
     clock.advance(3600)
-    await turn(engine)  # the window is over: decided again, and the cleanup runs
+    await turn(engine)  # 14:00 in Berlin, the window is over: decided again, and the cleanup runs
     assert len(list(junk.iterdir())) == 0
 
 
@@ -188,9 +193,11 @@ SCHEDULES = st.sampled_from([Schedule(), Schedule(quiet_hours=["00:00-23:59"]), 
 
 @settings(max_examples=500, deadline=None)
 @given(rule=RULES, plan=PLANS, level=LEVELS, schedule=SCHEDULES, minutes_since=st.none() | st.floats(0, 600),
-       count=st.integers(0, 10), hour=st.integers(0, 23))
-def test_no_plan_above_the_levels_allowed_risk_is_ever_act(rule, plan, level, schedule, minutes_since, count, hour) -> None:
-    now = datetime(2026, 11, 2, hour, tzinfo=timezone.utc)
+       count=st.integers(0, 10), day=st.integers(0, 6), hour=st.integers(0, 23))
+def test_no_plan_above_the_levels_allowed_risk_is_ever_act(rule, plan, level, schedule, minutes_since, count,
+                                                           day, hour) -> None:
+    # judge() is pure and everything it sees is dated from `now`: a fixed week is fine here
+    now = datetime(2026, 11, 2, hour, tzinfo=timezone.utc) + timedelta(days=day)  # Monday 2 November + day
     history = History(last_action_at=None if minutes_since is None else now - timedelta(minutes=minutes_since),
                       actions_in_window=count)
     verdict = judge(rule, plan, level, history, now, schedule, Defaults()).verdict
@@ -205,7 +212,7 @@ def test_no_plan_above_the_levels_allowed_risk_is_ever_act(rule, plan, level, sc
 
 async def test_an_incident_of_a_check_removed_from_the_config_is_resolved_at_start(ops: Ops, clock: FakeClock,
                                                                                    junk: Path) -> None:
-    fill(junk, 10)
+    fill(junk, 10, clock)
     rt = await Runtime.open(load_config(ops.config), clock=clock)
     try:
         await turn(Engine(rt))
