@@ -4,6 +4,7 @@ and served by a real local TLS server; and `certs list`."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -139,3 +140,18 @@ def test_certs_list_shows_every_certificate_check_and_exits_1_on_a_problem(ops: 
     table = ops.cli("certs", "list", env=base_env(COLUMNS="250")).stdout
     due_row = next(line for line in table.splitlines() if line.startswith("due "))
     assert " warning " in due_row and " web " in due_row and "in its renewal window" in due_row
+
+
+def test_a_certificate_not_valid_yet_by_this_clock_is_reported_not_renewed(ops: Ops, tmp_path: Path) -> None:
+    """A host clock behind its CA's makes every new certificate "not valid yet": renewing would
+    loop through the CA's rate limits. The check says so and the owner is told; nothing renews."""
+    ca = make_ca()
+    future = write_pair(tmp_path / "future", *make_leaf(ca, [DOMAIN], days=90, lifetime=90,
+                                                        now=datetime.now(timezone.utc) + timedelta(hours=2)))
+    ops.write_pulse("certs", cert_check("future", *future, certificate='"web"'))
+    ops.set_config("agent", "autonomy", "high")
+    result = beat(ops)["future"]
+    assert result["status"] == "unknown" and "is the clock right?" in result["message"]
+    assert result["details"]["in_renewal_window"] is False
+    events = json.loads(ops.cli("events", "list", "--type", "decision.made", "--json").stdout)
+    assert [(e["data"]["verdict"], e["data"]["action"]) for e in events] == [("notify", None)]

@@ -64,9 +64,11 @@ def test_a_warning_threshold_beyond_the_window_warns_first() -> None:
     assert e.status == "warning" and not e.in_window and "at or below the warning 180 days" in e.message
 
 
-def test_a_certificate_not_yet_valid_is_critical() -> None:
+def test_a_certificate_not_yet_valid_is_unknown_and_not_to_be_renewed() -> None:
+    """A renewal cannot fix a host clock that is behind the CA's: it would loop."""
     e = judge_expiry(T0, T0 + days(90), T0 - days(1), warning=14, critical=7)
-    assert e.status == "critical" and e.message.startswith("not valid before 2026-01-01")
+    assert e.status == "unknown" and not e.in_window
+    assert e.message.startswith("not valid before 2026-01-01") and "is the clock right?" in e.message
 
 
 def test_bad_nonces_are_retried_at_once_a_few_times() -> None:

@@ -34,7 +34,7 @@ def days_left(not_after: datetime, now: datetime) -> float:
 class Expiry:
     """The judgement of one certificate's dates."""
 
-    status: Literal["ok", "warning", "critical"]
+    status: Literal["ok", "unknown", "warning", "critical"]
     message: str
     days_left: float
     renew_at: datetime
@@ -44,14 +44,20 @@ class Expiry:
 def judge_expiry(not_before: datetime, not_after: datetime, now: datetime, *, warning: float | None,
                  critical: float | None, renew_before: float | None = None) -> Expiry:
     """ok, or warning (in the renewal window, or `warning` days or fewer left), or critical
-    (`critical` days or fewer left, expired, or not valid yet)."""
+    (`critical` days or fewer left, or expired).
+
+    A certificate not valid yet by this host's clock is `unknown`, never in its renewal window:
+    a CA dates what it issues by its own clock, so when the host's clock is behind, every new
+    certificate would be "not valid yet" too and renewing would loop (using up the CA's rate
+    limits) without fixing anything. The owner is told to look at the clock instead."""
     left = days_left(not_after, now)
     renew_at = renewal_time(not_before, not_after, renew_before)
     in_window = now >= renew_at
     if left <= 0:
         return Expiry("critical", f"expired {_ago(-left)} ago ({not_after:%Y-%m-%d %H:%M} UTC)", left, renew_at, True)
     if now < not_before:
-        return Expiry("critical", f"not valid before {not_before:%Y-%m-%d %H:%M} UTC", left, renew_at, in_window)
+        return Expiry("unknown", f"not valid before {not_before:%Y-%m-%d %H:%M} UTC by this host's clock "
+                                 f"(now {now:%Y-%m-%d %H:%M} UTC): is the clock right?", left, renew_at, False)
     text = f"{_ago(left)} left (until {not_after:%Y-%m-%d})"
     if critical is not None and left <= critical:
         return Expiry("critical", f"{text}, at or below the critical {critical:g} days", left, renew_at, in_window)
