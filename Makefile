@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OPS    ?= ops
 
-.PHONY: run test bench install system-deps clean
+.PHONY: run test test-any-date bench install system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,12 @@ tests/js/node_modules/.package-lock.json: tests/js/package-lock.json tests/js/pa
 test: system-deps $(VENV)/.installed-test tests/js/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -n 2 -q --timeout 300
 
+# The whole suite a year ahead and a year back (Debian faketime): no test depends on the date.
+test-any-date: system-deps $(VENV)/.installed-test tests/js/node_modules/.package-lock.json
+	scripts/test-any-date
+
 bench: $(VENV)/.installed-test
+	scripts/bench-deps
 	$(BIN)/python bench/run_all.py
 
 clean:
