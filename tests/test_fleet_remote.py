@@ -21,6 +21,8 @@ def make_ops(root: Path, name: str) -> Ops:
     ops = Ops(root / name)
     ops.set_config("http", "listen", f"127.0.0.1:{free_port()}")
     ops.set_config("pulse", "interval", "1h")   # one beat at start: nothing changes between two commands
+    for key, value in {"enabled": True, "listen": f"127.0.0.1:{free_port()}", "domain": "apps.test"}.items():
+        ops.set_config("apps", key, value)      # each agent's apps plane, for `deploy --to`
     return ops
 
 
@@ -171,3 +173,96 @@ def test_only_server_loads_the_mcp_client(home: Path, fleet: Fleet) -> None:
 
     assert modules("--config", str(ops_a.config), "incidents", "list") == ["no open incidents", "none"]
     assert modules("incidents", "list", "--server", "a") == ["no open incidents", "MCP"]
+
+
+def served(ops: Ops, app: str, path: str = "/") -> Any:
+    """What `ops`'s apps plane serves for APP (as tests/test_apps_deploy.py fetches it: by Host)."""
+    import httpx
+
+    return httpx.get(f"http://{ops.read_config()['apps']['listen']}{path}", headers={"host": f"{app}.apps.test"},
+                     timeout=10)
+
+
+def site(root: Path, files: dict[str, str | bytes]) -> Path:
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return root
+
+
+def test_deploy_to_a_server_deploys_there_only_and_apps_list_matches(home: Path, fleet: Fleet,
+                                                                     tmp_path: Path) -> None:
+    import re
+
+    ops_a, _ = fleet["a"]
+    ops_b, _ = fleet["b"]
+    src = site(tmp_path / "blog", {"index.html": "<h1>from the laptop</h1>", "css/site.css": "body{}",
+                                   "fazt.toml": "spa = true\n"})
+    deployed = laptop(home, "deploy", str(src), "--name", "blog", "--to", "b")
+    assert deployed.returncode == 0, deployed.stderr
+    assert re.fullmatch(r"blog: release 1 live, 3 files, \d+ B \(3 new\) in \d+\.\d\d s at http://blog\.apps\.test/\n",
+                        deployed.stdout), deployed.stdout
+    assert served(ops_b, "blog").text == "<h1>from the laptop</h1>"
+    assert served(ops_b, "blog", "/a/client/route").text == "<h1>from the laptop</h1>"   # its fazt.toml applies
+    assert served(ops_a, "blog").status_code == 404
+    assert "blog" in same(home, ops_b, "b", "apps", "list")
+    assert same(home, ops_a, "a", "apps", "list") == "no apps yet: `fazt-agent deploy DIR --name APP`\n"
+    assert json.loads(laptop(home, "apps", "list", "--json", "--server", "b").stdout) == \
+        json.loads(ops_b.cli("apps", "list", "--json").stdout)
+    [event] = events(ops_b, "app.deployed")
+    assert event["data"]["source"] == "mcp:laptop-b" and events(ops_a, "app.*") == []
+
+    (src / "index.html").write_text("v2")
+    again = laptop(home, "deploy", str(src), "--name", "blog", "--server", "b", "--json")
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert (result["release"], result["previous"], result["new_blobs"], result["healthy"]) == (2, 1, 1, True)
+    assert served(ops_b, "blog").text == "v2"
+
+
+def test_deploy_to_a_server_refuses_what_a_local_deploy_refuses_before_sending(home: Path, fleet: Fleet,
+                                                                               tmp_path: Path) -> None:
+    ops_b, _ = fleet["b"]
+    linked = site(tmp_path / "linked", {"index.html": "hi"})
+    (linked / "secret").symlink_to("/etc/hostname")
+    refused = laptop(home, "deploy", str(linked), "--name", "blog", "--to", "b")
+    assert (refused.returncode, refused.stderr) == (1, "error: refused 'secret': symlinks are not allowed\n")
+    archive = tmp_path / "escape.zip"
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("../outside.html", "x")
+    escaped = laptop(home, "deploy", str(archive), "--name", "blog", "--to", "b")
+    assert escaped.returncode == 1 and "refused path '../outside.html': '..' is not allowed" in escaped.stderr
+    big = site(tmp_path / "big", {"index.html": "hi"})
+    with open(big / "huge.txt", "wb") as f:
+        f.truncate(100 * 1024 * 1024 + 1)
+    oversized = laptop(home, "deploy", str(big), "--name", "blog", "--to", "b")
+    assert oversized.returncode == 1 and "upload too large: 100.0 MiB (limit 100.0 MiB" in oversized.stderr
+    bad_name = laptop(home, "deploy", str(big), "--name", "Blog!", "--to", "b")
+    assert bad_name.returncode == 1 and "invalid app name 'Blog!'" in bad_name.stderr
+    assert "Traceback" not in refused.stderr + escaped.stderr + oversized.stderr + bad_name.stderr
+    assert ops_b.cli("apps", "list").stdout.startswith("no apps yet") and events(ops_b, "app.*") == []
+    assert served(ops_b, "blog").status_code == 404
+
+
+def test_deploy_to_a_server_carries_binary_files(home: Path, fleet: Fleet, tmp_path: Path) -> None:
+    """An image is not text: it travels base64-encoded and is served byte for byte."""
+    ops_b, _ = fleet["b"]
+    logo = b"\x89PNG\r\n\x1a\n\xff\x00" + bytes(range(256))
+    binary = site(tmp_path / "binary", {"index.html": "hi", "img/logo.png": logo})
+    r = laptop(home, "deploy", str(binary), "--name", "blog", "--to", "b")
+    assert r.returncode == 0, r.stderr
+    assert served(ops_b, "blog", "/img/logo.png").content == logo
+
+
+def test_a_read_token_is_refused_for_deploy_with_the_scope_named(home: Path, fleet: Fleet, tmp_path: Path) -> None:
+    ops_b, _ = fleet["b"]
+    add(home, "b-read", ops_b, create_token(ops_b, "laptop-read", "read"))
+    refused = laptop(home, "deploy", str(site(tmp_path / "s", {"index.html": "hi"})), "--name", "blog",
+                     "--to", "b-read")
+    assert refused.returncode == 1
+    assert "fazt_deploy needs the 'operate' scope; the token 'laptop-read' has 'read'" in refused.stderr
+    assert served(ops_b, "blog").status_code == 404 and events(ops_b, "app.deployed") == []
+    assert laptop(home, "apps", "list", "--server", "b-read").stdout.startswith("no apps yet")   # reading is allowed

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
+from ..fleet import SERVER_HELP
 from ._common import EXIT_PROBLEM, bounded, console, fail, print_json, run, runtime
 
 apps_app = typer.Typer(help="Apps: list, inspect, roll back, delete, env.", no_args_is_help=True)
@@ -23,7 +24,8 @@ def _size(n: int) -> str:
 
 def deploy(source: Path = typer.Argument(..., help="A directory or a .zip file."),
            name: str = typer.Option(..., "--name", "-n", help="The app's name (becomes NAME.<[apps] domain>)."),
-           as_json: bool = JSON) -> None:
+           as_json: bool = JSON,
+           server: Optional[str] = typer.Option(None, "--to", "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """Deploy SOURCE as a new release of APP; an unhealthy release is rolled back by itself."""
     from ..apps import bundle
     from ..apps.deploy import deploy as do_deploy
@@ -42,7 +44,12 @@ def deploy(source: Path = typer.Argument(..., help="A directory or a .zip file."
                 raise
             return await do_deploy(rt, name, b, str(source.resolve()))
 
-    result = run(body)
+    if server is not None:  # read here, deployed on that agent through its /mcp (fleet/commands.py)
+        from ..fleet import commands as remote
+
+        result = remote.deploy(server, name, source)
+    else:
+        result = run(body)
     if as_json:
         print_json(result)
     elif result["rolled_back"]:
@@ -57,7 +64,8 @@ def deploy(source: Path = typer.Argument(..., help="A directory or a .zip file."
 
 
 @apps_app.command("list")
-def apps_list(as_json: bool = JSON) -> None:
+def apps_list(as_json: bool = JSON,
+              server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """The deployed apps and their current releases."""
     from ..apps.deploy import list_apps
 
@@ -65,7 +73,12 @@ def apps_list(as_json: bool = JSON) -> None:
         async with runtime(needs_definitions=None) as rt:
             return list_apps(rt)
 
-    rows = run(body)
+    if server is not None:
+        from ..fleet import commands as remote
+
+        rows = remote.apps(server)
+    else:
+        rows = run(body)
     if as_json:
         print_json(rows)
     elif not rows:

@@ -199,3 +199,44 @@ def show_halt(name: str, halt_id: int, as_json: bool) -> None:
                   f"{raw['expires_at']})", f"answer: fazt-agent approve {raw['id']} --server {name}  |  "
                                            f"fazt-agent deny {raw['id']} --server {name}"]
     print("\n".join(lines))
+
+
+def apps(name: str) -> list[dict[str, Any]]:
+    """`apps list --server NAME`: the rows `list_apps` returns on that agent (`fazt_apps_list`)."""
+    from .remote import call
+
+    return list(_fetch(name, lambda s: call(s, "fazt_apps_list"))["apps"])
+
+
+def deploy(name: str, app: str, source: Any) -> dict[str, Any]:
+    """`deploy SOURCE --name APP --to NAME`: SOURCE read here with the local deploy's checks, sent to
+    that agent's `fazt_deploy`; the same result keys as the local deploy.
+
+    The laptop has no `[apps]` of its own, so the default limits apply here and the agent applies
+    its own again. `fazt_deploy` takes `{path: text}`, so a file that is not UTF-8 text (an image, a
+    font) is refused here, naming it, before anything is sent: deploy such an app on the server.
+    """
+    from ..apps import bundle
+    from ..cli._common import fail
+    from ..config import AppsSection
+    from .remote import call
+
+    limits = AppsSection()
+    try:
+        bundle.check_name(app)
+        b = bundle.read(source, max_files=limits.max_files, max_bytes=limits.max_upload)
+    except bundle.BundleError as e:
+        fail(str(e))
+    import base64
+
+    files: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    for path, content in sorted(b.files.items()):
+        try:
+            files[path] = content.decode("utf-8")
+        except UnicodeDecodeError:
+            binary[path] = base64.b64encode(content).decode("ascii")
+    arguments: dict[str, Any] = {"app_name": app, "files": files}
+    if binary:
+        arguments["binary_files"] = binary
+    return _fetch(name, lambda s: call(s, "fazt_deploy", arguments))

@@ -7,6 +7,9 @@ delete (operate, through the policy gate: `app.delete` is destructive, so it ope
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import json
 from typing import Annotated, Any
 
@@ -66,6 +69,8 @@ async def fazt_deploy(
         ctx: Context, app_name: AppName,
         files: Annotated[dict[str, str], Field(description="the app's files: {relative path: text content}; "
                                                            "api/main.js for serverless code, fazt.toml for settings")],
+        binary_files: Annotated[dict[str, str] | None, Field(
+            description="files that are not UTF-8 text (images, fonts): {relative path: base64 content}")] = None,
 ) -> dict[str, Any]:
     """Deploy the files as a new release of the app (created if new). The release is switched atomically
     and health-checked; a failing release is rolled back by itself (`rolled_back` in the answer)."""
@@ -77,8 +82,15 @@ async def fazt_deploy(
     section = deps.rt.config.file.apps
     source = caller(deps).by
     try:
-        b = bundle.from_files({p: c.encode("utf-8") for p, c in files.items()}, max_files=section.max_files,
-                              max_bytes=section.max_upload)
+        contents = {p: c.encode("utf-8") for p, c in files.items()}
+        for path, encoded in (binary_files or {}).items():
+            if path in contents:
+                raise bundle.BundleError(f"{path!r} is in both files and binary_files")
+            try:
+                contents[path] = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise bundle.BundleError(f"binary_files[{path!r}] is not base64") from None
+        b = bundle.from_files(contents, max_files=section.max_files, max_bytes=section.max_upload)
     except bundle.BundleError as e:
         await deps.rt.events.emit("app.deploy_refused", AppDeployRefused(app=app_name, reason=str(e), source=source),
                                   source="apps")
