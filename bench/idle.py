@@ -6,16 +6,23 @@ RSS (end and max), USS, threads, and CPU = (user+system CPU time delta) / wall t
 with SIGTERM and reports the exit code and how long stopping took. A second short run of the
 same daemon records which modules it has imported when it exits.
 
-Targets: RSS <= 60 MiB, CPU <= 0.5 %. Exit code 0 when both are met, 1 when one is missed or
-the daemon misbehaved, 2 for bad arguments.
+Anchors, in the same run and the same window, one after the other: Debian's
+`prometheus-node-exporter` (idle, never scraped) and Monit in the foreground with `set daemon` at
+the same interval and the same two checks as the shipped pulse (`check system`, `check filesystem
+/`), sampled the same way. `scripts/bench-deps` installs both; `--no-anchors` skips them.
 
-    python bench/idle.py [--seconds 60] [--interval 5s] [--json]
+Targets: RSS <= 40 MiB, CPU <= 0.5 %. Exit code 0 when both are met, 1 when one is missed, the
+daemon misbehaved or an anchor is missing, 2 for bad arguments.
+
+    python bench/idle.py [--seconds 60] [--interval 5s] [--no-anchors] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -29,11 +36,14 @@ from typing import Any
 
 import psutil
 
-from _common import MB, Ops, clean_env, make_ops, percentile, print_json, verdict
+from _common import MB, Ops, clean_env, free_port, make_ops, percentile, print_json, verdict
 
-RSS_TARGET_MB = 60.0
+RSS_TARGET_MB = 40.0
 CPU_TARGET_PERCENT = 0.5
-HEAVY = ("anthropic", "mcp", "apprise", "httpx", "quickjs", "rich", "typer")
+# never needed by an idle daemon: the CLI's libraries, the LLM and MCP SDKs (loaded at the first
+# decision or /mcp request), notification, HTTP-client and ACME libraries
+HEAVY = ("anthropic", "mcp", "apprise", "httpx", "httpcore", "quickjs", "rich", "typer", "shellingham",
+         "cryptography", "acme", "josepy", "requests")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -147,28 +157,96 @@ def loaded_modules(ops: Ops) -> dict[str, Any]:
     return {"count": len(modules), "heavy": sorted(t for t in tops if t in HEAVY), "third_party": third_party}
 
 
+def sample(pid: int, seconds: float) -> dict[str, float]:
+    """RSS at the end and its maximum (sampled every second) and CPU % of a process over `seconds`."""
+    p = psutil.Process(pid)
+    cpu0, wall0, rss_max = p.cpu_times(), time.monotonic(), p.memory_info().rss
+    while (elapsed := time.monotonic() - wall0) < seconds:
+        time.sleep(min(1.0, seconds - elapsed))
+        rss_max = max(rss_max, p.memory_info().rss)
+    cpu1, wall1, rss_end = p.cpu_times(), time.monotonic(), p.memory_info().rss
+    cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    return {"rss_mb_end": rss_end / MB, "rss_mb_max": max(rss_max, rss_end) / MB,
+            "cpu_percent": 100 * cpu_s / (wall1 - wall0)}
+
+
+def anchors(parent: Path, seconds: float, warmup: float, interval: str) -> dict[str, Any]:
+    """node_exporter and Monit, idle, one after the other over the same window as the daemon."""
+    node = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
+    monit = shutil.which("monit") or "/usr/bin/monit"
+    missing = [b for b in (node, monit) if not os.path.exists(b)]
+    if missing:
+        raise BenchError(f"anchors not installed ({', '.join(missing)}): run scripts/bench-deps, or --no-anchors")
+    work = parent / "monit"
+    work.mkdir()
+    rc = work / "monitrc"
+    every = max(1, round(_seconds(interval)))
+    rc.write_text(f"set daemon {every}\nset logfile {work / 'monit.log'}\nset pidfile {work / 'monit.pid'}\n"
+                  f"set idfile {work / 'monit.id'}\nset statefile {work / 'monit.state'}\n\n"
+                  "check system localhost\ncheck filesystem rootfs with path /\n")
+    rc.chmod(0o600)
+    out = {}
+    port = free_port()
+    for name, argv in (("node_exporter", [node, f"--web.listen-address=127.0.0.1:{port}"]),
+                       ("monit", [monit, "-I", "-c", str(rc)])):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            if name == "node_exporter":   # answered once, as the daemon answered /healthz
+                _first_200(proc, f"http://127.0.0.1:{port}/metrics")
+            time.sleep(warmup)
+            if proc.poll() is not None:
+                raise BenchError(f"{name} exited with {proc.returncode}")
+            out[name] = sample(proc.pid, seconds)
+        finally:
+            stop(proc)
+    return out
+
+
+def _first_200(proc: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.05)
+    raise BenchError(f"{url} did not answer 200 within {START_TIMEOUT:g}s")
+
+
+def _seconds(interval: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(interval[:-1]) * units[interval[-1]] if interval[-1:] in units else float(interval)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Idle RSS and CPU of `fazt-agent run`.")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the sampling window (default 60)")
     parser.add_argument("--interval", default="5s", help="the [pulse] interval to run with (default 5s)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds between /healthz and the window")
+    parser.add_argument("--no-anchors", action="store_true", help="skip node_exporter and Monit")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be positive and --warmup not negative")
+    try:
+        _seconds(args.interval)
+    except ValueError:
+        parser.error(f"--interval: expected a duration such as 5s or 1m, got {args.interval!r}")
 
     with tempfile.TemporaryDirectory(prefix="fazt-bench-idle-") as tmp:
         try:
             ops = make_ops(Path(tmp), pulse_interval=args.interval)
             result = measure(ops, args.seconds, args.warmup)
             modules = loaded_modules(ops)
+            anchor = {} if args.no_anchors else anchors(Path(tmp), args.seconds, args.warmup, args.interval)
         except (BenchError, RuntimeError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
     rss_ok = result["rss_mb_end"] <= RSS_TARGET_MB
     cpu_ok = result["cpu_percent"] <= CPU_TARGET_PERCENT
     report = {"bench": "idle", "seconds": args.seconds, "interval": args.interval, **result,
-              "modules": modules,
+              "modules": modules, "anchors": anchor,
               "targets": {"rss_mb": RSS_TARGET_MB, "cpu_percent": CPU_TARGET_PERCENT},
               "met": {"rss_mb": rss_ok, "cpu_percent": cpu_ok}}
     if args.json:
@@ -189,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  modules imported     {modules['count']}")
         print(f"  heavy modules loaded by the daemon: {modules['heavy']}")
         print(f"  third-party packages loaded: {modules['third_party']}")
+        for name, a in anchor.items():
+            print(f"  anchor {name:14} RSS end {a['rss_mb_end']:.1f} MiB (max {a['rss_mb_max']:.1f}), "
+                  f"CPU {a['cpu_percent']:.3f} %, same window")
         if r["log_tail"]:
             print(f"  daemon log tail:\n{r['log_tail']}")
     return 0 if rss_ok and cpu_ok and result["exit_code"] == 0 else 1

@@ -44,7 +44,9 @@ def run(script: str, args: list[str], timeout: float) -> dict[str, Any]:
 # (benchmark, label, how to read the value, target text, met or None when there is no target)
 Row = tuple[str, str, Callable[[dict[str, Any]], float], str, Callable[[dict[str, Any]], bool] | None]
 ROWS: list[Row] = [
-    ("idle", "idle RSS at end (MiB)", lambda r: r["rss_mb_end"], "<= 60", lambda r: r["met"]["rss_mb"]),
+    ("idle", "idle RSS at end (MiB)", lambda r: r["rss_mb_end"], "<= 40", lambda r: r["met"]["rss_mb"]),
+    ("idle", "idle: node_exporter RSS (MiB)", lambda r: r["anchors"]["node_exporter"]["rss_mb_end"], "", None),
+    ("idle", "idle: Monit RSS (MiB)", lambda r: r["anchors"]["monit"]["rss_mb_end"], "", None),
     ("idle", "idle USS at end (MiB)", lambda r: r["uss_mb_end"], "", None),
     ("idle", "idle CPU (%)", lambda r: r["cpu_percent"], "<= 0.5", lambda r: r["met"]["cpu_percent"]),
     ("idle", "SIGTERM to exit (s)", lambda r: r["stop_s"], "exit 0", lambda r: r["exit_code"] == 0),
@@ -75,6 +77,19 @@ ROWS: list[Row] = [
      lambda r: bool(r["met"]) and r["met"]["cpu_percent"]),
     ("http_scale", "500 http: Monit RSS max (MiB)", lambda r: _http(r, 500, "monit", "rss_mb_max"), "", None),
     ("http_scale", "500 http: Monit CPU (%)", lambda r: _http(r, 500, "monit", "cpu_percent"), "", None),
+    ("cli_latency", "python -c pass median (ms)", lambda r: _cli(r, "python -c pass"), "", None),
+    ("cli_latency", "monit status median (ms)", lambda r: _cli(r, "monit status"), "", None),
+    ("cli_latency", "floor: asyncio+pydantic (ms)", lambda r: _cli(r, "floor: asyncio, sqlite3, pydantic"), "", None),
+    ("cli_latency", "status median (ms)", lambda r: _cli(r, "status"), "<= 100", lambda r: r["met"]["status"]),
+    ("cli_latency", "events list --limit 50 med (ms)", lambda r: _cli(r, "events list"), "<= 100",
+     lambda r: r["met"]["events list"]),
+    ("cli_latency", "halts list median (ms)", lambda r: _cli(r, "halts list"), "<= 100",
+     lambda r: r["met"]["halts list"]),
+    ("cli_latency", "approve N median (ms)", lambda r: _cli(r, "approve"), "<= 100", lambda r: r["met"]["approve"]),
+    ("cli_latency", "run to /healthz 200 med (ms)", lambda r: r["starts_ms"]["fazt-agent run → /healthz"]["median"],
+     "<= 200", lambda r: r["met"]["cold start"]),
+    ("cli_latency", "node_exporter to /metrics (ms)", lambda r: r["starts_ms"]["node_exporter → /metrics"]["median"],
+     "", None),
     ("decision_overhead", "decide 1: apply started med (ms)", lambda r: _scenario(r, "n1", "apply_last_ms", "median"),
      "rounds ok", lambda r: r["ok"]),
     ("decision_overhead", "decide 1: apply started p95 (ms)", lambda r: _scenario(r, "n1", "apply_last_ms", "p95"),
@@ -86,6 +101,11 @@ ROWS: list[Row] = [
     ("decision_overhead", "decide 100: ms per incident med",
      lambda r: _scenario(r, "n100", "per_incident_ms", "median"), "", None),
 ]
+
+
+def _cli(report: dict[str, Any], name: str) -> float:
+    """The median wall time of one process of cli_latency."""
+    return float(report["commands"][name]["wall_ms"]["median"])
 
 
 def _scenario(report: dict[str, Any], scenario: str, metric: str, stat: str) -> float | None:
@@ -126,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "history_scale": run("history_scale.py", ["--beats", "0,10000,120000", "--events", "10000,100000",
                                                   "--runs", "3"] if args.quick else [], timeout=900),
         "decision_overhead": run("decision_overhead.py", [], timeout=180),
+        # beside `python -c pass`, Monit and node_exporter (scripts/bench-deps installs them)
+        "cli_latency": run("cli_latency.py", ["--runs", "10", "--starts", "5"] if args.quick else [], timeout=900),
         # beside Monit (scripts/bench-deps installs it); --quick: 500 checks only, a 10 s window
         "http_scale": run("http_scale.py", ["--checks", "500", "--seconds", "10"] if args.quick else [],
                           timeout=300 if args.quick else 900),

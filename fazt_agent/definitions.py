@@ -11,15 +11,15 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._toml import load_model, read_toml, toml_files
+from ._toml import issues_from, load_model, read_toml, toml_files
 from .config import Config
 from .errors import ConfigError, Issue
 from .kernel import ACTIONS
 from .kernel.settings import KernelSettings, load_kernel
 from .policy.model import Policy, load_policy
-from .pulse import CHECKS, Check
+from .pulse import CHECKS, Check, CheckConfig
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ def broken_summary(issues: list[Issue], shown: int = 3) -> str:
 
 @cache
 def pulse_file_model() -> type[BaseModel]:
-    """The model of one pulse/*.toml file: `[[checks]]` tables, one union member per kind."""
+    """The model of one pulse/*.toml file: `[[checks]]` tables, one union member per kind (every
+    kind imported and built: `read_checks` uses it only for a file it cannot read table by table)."""
     members = tuple(cls.Config for cls in CHECKS.values())
     CheckUnion = Annotated[Union[members], Field(discriminator="kind")]  # type: ignore[valid-type]
 
@@ -70,14 +71,13 @@ def load_checks(folder: Path) -> tuple[list[Check], list[Path], list[Issue]]:
     files = toml_files(folder)
     issues: list[Issue] = []
     seen: dict[str, Path] = {}
-    model = pulse_file_model()
     for path in files:
         try:
-            parsed: Any = load_model(model, read_toml(path), str(path))
+            configs = read_checks(read_toml(path), str(path))
         except ConfigError as e:
             issues += e.issues
             continue
-        for index, cfg in enumerate(parsed.checks):
+        for index, cfg in enumerate(configs):
             if cfg.name in seen:
                 issues.append(Issue(str(path), f"checks[{index}].name",
                                     f"duplicate check name {cfg.name!r} (also defined in {seen[cfg.name]})"))
@@ -86,6 +86,32 @@ def load_checks(folder: Path) -> tuple[list[Check], list[Path], list[Issue]]:
             if cfg.enabled:
                 checks.append(CHECKS[cfg.kind](cfg))
     return checks, files, issues
+
+
+def read_checks(data: dict[str, Any], file: str) -> list[CheckConfig]:
+    """The `[[checks]]` tables of one pulse file, each validated by the model of its own `kind`, so
+    only the kinds in use are imported and built. A file that is not a list of tables of known
+    kinds is validated by the model of every kind (`pulse_file_model`): its errors name what is
+    wrong, and the accepted kinds for an unknown one.
+
+    Raises:
+        ConfigError: every issue of the file, as `FILE:checks[N].KEY: message`.
+    """
+    tables = data.get("checks", [])
+    if set(data) - {"checks"} or not isinstance(tables, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("kind"), str) and t["kind"] in CHECKS for t in tables):
+        return list(load_model(pulse_file_model(), data, file).checks)   # type: ignore[attr-defined]
+    configs, issues = [], []
+    for index, table in enumerate(tables):
+        model = CHECKS[table["kind"]].Config
+        try:
+            configs.append(model.model_validate(table))
+        except ValidationError as e:
+            issues += [Issue(file, f"checks[{index}]" + (f".{i.key}" if i.key else ""), i.message)
+                       for i in issues_from(e, model, table, file)]
+    if issues:
+        raise ConfigError(issues)
+    return configs
 
 
 def load_definitions(config: Config) -> Definitions:

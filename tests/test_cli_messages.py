@@ -245,7 +245,7 @@ def test_the_ask_interval_message_says_durations_in_human_units(ops: Ops, tmp_pa
         assert ops.cli("pulse", "ask", "how is it?", env=env).returncode == 0
         again = ops.cli("pulse", "ask", "and now?", env=env)
     assert again.returncode == 1
-    assert re.search(r"the last question was [\d.]+ s ago; at most one every 2 h \(\[llm\] ask_interval\): "
+    assert re.search(r"the last question was [\d.]+ m?s ago; at most one every 2 h \(\[llm\] ask_interval\): "
                      r"try again in (2 h|1 h 59 min)\n", again.stderr), again.stderr
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
+from ..fleet import SERVER_HELP
+from . import _bodies
 from ._common import (EXIT_PROBLEM, EXIT_USAGE, console, fail, line, load, print_json, report_config_error, run,
                       runtime, styled)
 
@@ -61,13 +63,7 @@ def config_check() -> None:
 def run_daemon(log_format: str = typer.Option(None, "--log-format", help="text or json (overrides [log] format)."),
                log_level: str = typer.Option(None, "--log-level", help="debug, info, warning or error.")) -> None:
     """Run the daemon in the foreground (what the systemd unit starts)."""
-    from ..daemon import Daemon
-    from ._common import service_logging
-
-    config = load()
-    service_logging(log_level or config.file.log.level, log_format or config.file.log.format)
-    code = run(lambda: Daemon(config).run())
-    raise typer.Exit(code)
+    _bodies.run_daemon(log_format, log_level)
 
 
 def beat(as_json: bool = typer.Option(False, "--json", help="Print the beat as JSON.")) -> None:
@@ -99,44 +95,10 @@ def beat(as_json: bool = typer.Option(False, "--json", help="Print the beat as J
     raise typer.Exit(0 if result.status == "ok" else EXIT_PROBLEM)
 
 
-def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
+def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+           server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """Summarise health, the last beat, autonomy (and where it comes from), a pause and whether the daemon runs."""
-    from ..status import gather_status
-
-    async def body() -> dict[str, Any]:
-        async with runtime(needs_definitions=None) as rt:
-            return await gather_status(rt)
-
-    data = run(body)
-    if as_json:
-        print_json(data)
-        return
-    out = console()
-    daemon = f"running (pid {data['daemon']['pid']})" if data["daemon"]["running"] else "not running"
-    out.print(line("health     ", styled(data["health"])))
-    if data["paused"]:
-        since = " ".join(filter(None, (data["paused_by"] and f"by {data['paused_by']}",
-                                       data["paused_at"] and f"at {data['paused_at']}")))
-        out.print(line(("paused     ", "bold yellow"), f"PAUSED{' ' + since if since else ''}: observing and "
-                       "recording only, no action, halt or notification (fazt-agent resume)"))
-    out.print(f"daemon     {daemon}")
-    out.print(f"autonomy   {data['autonomy_detail']['summary']}")
-    last = data["last_beat"]
-    out.print(f"last beat  {last['ts'] + ' (' + last['status'] + ')' if last else 'none yet'}")
-    llm = data["llm"]
-    out.print(f"llm        {llm['note']}")
-    if llm["configured"]:
-        spent, budget = llm["spent"], llm["budget"]
-        usd = (f"${spent['usd_per_day']:.4f}/${budget['usd_per_day']:g}" if llm["price_known"]
-               else f"no USD limit (no price known for {llm['model']})")
-        out.print(f"           {spent['calls_per_hour']}/{budget['calls_per_hour']} calls this hour, "
-                  f"{spent['tokens_per_day']}/{budget['tokens_per_day']} tokens and {usd} in 24 h")
-    out.print(f"checks     {data['checks']} configured, {len(data['problems'])} not ok")
-    for p in data["problems"]:
-        target = f" {p['target']}" if p["target"] else ""
-        out.print(line("  ", styled(p["status"]), f" {p['check']}{target}: {p['message']}"))
-    for note in data["notes"]:
-        out.print(f"note: {note}")
+    _bodies.status(as_json, server)
 
 
 def systemd_unit(user: str = typer.Option("root", "--user", help="The user the service runs as."),

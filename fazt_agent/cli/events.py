@@ -5,54 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import timedelta
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
-from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, print_json, run, runtime
+from ..fleet import SERVER_HELP
+from . import _bodies
+from ._bodies import event_line, since_delta
+from ._common import EXIT_PROBLEM, bounded, console, print_json, run, runtime
 
 app = typer.Typer(help="Read and verify the event log (the audit trail).", no_args_is_help=True)
-
-
-def _since(text: str | None) -> Any:
-    if text is None:
-        return None
-    from ..units import parse_duration
-
-    try:
-        return timedelta(seconds=parse_duration(text))
-    except ValueError as e:
-        fail(str(e), hint="use a duration such as 30m, 6h or 7d", code=EXIT_USAGE)
-
-
-def _line(e: Any) -> str:
-    data = json.dumps(e.data, separators=(",", ":"), default=str)
-    if len(data) > 160:
-        data = data[:157] + "..."
-    incident = f" incident={e.incident_id}" if e.incident_id is not None else ""
-    return f"{e.id:>6} {e.ts:%Y-%m-%d %H:%M:%S} {e.type:24} {e.source:8}{incident} {data}"
+MAX_POLL = 3600.0
 
 
 @app.command("list")
 def list_events(type_glob: str = typer.Option(None, "--type", help="Only types matching this glob, e.g. 'pulse.*'."),
                 since: str = typer.Option(None, "--since", help="Only events newer than this, e.g. 1h or 7d."),
                 limit: int = typer.Option(50, "--limit", min=1, help="At most this many (newest)."),
-                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+                as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """List events, newest last."""
-    age = _since(since)
-
-    async def body() -> list[Any]:
-        async with runtime(needs_definitions=None) as rt:
-            return await rt.events.list(type_glob=type_glob, since=(rt.clock.now() - age) if age else None,
-                                        limit=limit)
-
-    events = list(reversed(run(body)))
-    if as_json:
-        print_json([e.to_json() for e in events])
-        return
-    for e in events:
-        typer.echo(_line(e))
+    _bodies.events_list(type_glob, since, limit, as_json, server)
 
 
 @app.command("tail")
@@ -61,9 +34,11 @@ def tail(type_glob: str = typer.Option(None, "--type", help="Only types matching
          poll: float = typer.Option(0.5, "--poll", min=0.05, help="Seconds between looks for new events."),
          as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
     """Print new events as they are written (Ctrl-C to stop)."""
+    bounded(lines, "--lines", 0)
+    bounded(poll, "--poll", 0.05, MAX_POLL)   # `inf` would wait forever
 
     def show(e: Any) -> None:
-        sys.stdout.write((json.dumps(e.to_json(), default=str) if as_json else _line(e)) + "\n")
+        sys.stdout.write((json.dumps(e.to_json(), default=str) if as_json else event_line(e)) + "\n")
         sys.stdout.flush()
 
     async def body() -> None:
@@ -104,7 +79,7 @@ def verify() -> None:
 def export(type_glob: str = typer.Option(None, "--type", help="Only types matching this glob."),
            since: str = typer.Option(None, "--since", help="Only events newer than this, e.g. 7d.")) -> None:
     """Write events as JSON lines (oldest first) to stdout."""
-    age = _since(since)
+    age = since_delta(since)
 
     async def body() -> None:
         async with runtime(needs_definitions=None) as rt:

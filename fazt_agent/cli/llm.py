@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 import typer
 
-from ._common import EXIT_USAGE, console, fail, print_json, run, runtime
+from ..fleet import SERVER_HELP
+from ._common import EXIT_USAGE, bounded, console, fail, print_json, run, runtime
 
 decisions_app = typer.Typer(help="Decisions the agent made (rules or LLM), with their reasons.", no_args_is_help=True)
 TYPES = ("decision.made", "decision.rejected", "decision.failed", "llm.fallback", "llm.budget_exhausted",
@@ -28,8 +29,10 @@ def _what(d: dict[str, Any]) -> str:
 @decisions_app.command("list")
 def decisions_list(limit: int = typer.Option(20, "--limit", min=1, help="How many, newest first."),
                    planner: Optional[str] = typer.Option(None, "--planner", help="Only 'llm' or 'rules'."),
-                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                   server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """Decisions, rejected proposals and LLM fallbacks, newest first."""
+    bounded(limit, "--limit")
     if planner not in (None, "llm", "rules"):
         fail(f"unknown planner {planner!r} (accepted: llm, rules)", code=EXIT_USAGE)
 
@@ -42,7 +45,12 @@ def decisions_list(limit: int = typer.Option(20, "--limit", min=1, help="How man
                 (*TYPES, *((planner, planner) if planner else ()), limit))
             return [await rt.events.get(r["id"]) for r in rows]
 
-    events = run(body)
+    if server is not None:  # decision.made and decision.rejected, from that agent's /mcp
+        from ..fleet import commands as remote
+
+        events = remote.decisions(server, limit, planner)
+    else:
+        events = run(body)
     if as_json:
         print_json([e.to_json() for e in events])
         return
@@ -68,6 +76,7 @@ def decisions_list(limit: int = typer.Option(20, "--limit", min=1, help="How man
 def decisions_show(event_id: int = typer.Argument(..., help="The event id from `decisions list`."),
                    as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """One decision: verdict, reason, plan, and for the LLM the model, tokens, cost and tool calls."""
+    bounded(event_id, "event id")
 
     async def body() -> Any:
         async with runtime(needs_definitions=None) as rt:

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, Optional
 
 import typer
 
-from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, line, load, print_json, run, runtime, styled
+from ..fleet import SERVER_HELP
+from . import _bodies
+from ._bodies import answer, engine, result_word
+from ._common import EXIT_PROBLEM, EXIT_USAGE, bounded, console, fail, line, load, print_json, run, runtime, styled
 
 policy_app = typer.Typer(help="Check, explain and simulate the autonomy policy.", no_args_is_help=True)
 incidents_app = typer.Typer(help="Problems the agent has seen.", no_args_is_help=True)
 actions_app = typer.Typer(help="Kernel actions: list, plan, run (through the policy gate).", no_args_is_help=True)
 halts_app = typer.Typer(help="Approval requests waiting for the owner.", no_args_is_help=True)
-
-
-@asynccontextmanager
-async def engine(needs_definitions: str | None, hint: str | None = None) -> AsyncIterator[Any]:
-    """An Engine on an open Runtime; see `runtime` for `needs_definitions`."""
-    from ..engine import Engine
-
-    async with runtime(needs_definitions=needs_definitions, hint=hint) as rt:
-        yield Engine(rt)
 
 
 def _args(pairs: list[str]) -> dict[str, Any]:
@@ -35,8 +28,10 @@ def _args(pairs: list[str]) -> dict[str, Any]:
             fail(f"expected --arg KEY=VALUE, got {pair!r}", code=EXIT_USAGE)
         try:
             out[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except ValueError:   # not JSON (or a number of 4300+ digits, which json refuses): a string
             out[key] = value
+        except RecursionError:
+            fail(f"--arg {key}: the value is nested too deeply", code=EXIT_USAGE)
     return out
 
 
@@ -175,14 +170,21 @@ def resume() -> None:
 @incidents_app.command("list")
 def incidents_list(all_: bool = typer.Option(False, "--all", help="Include resolved incidents."),
                    limit: int = typer.Option(50, "--limit", min=1),
-                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                   server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """Open incidents (or all with --all), newest first."""
+    bounded(limit, "--limit")
 
     async def body() -> list[Any]:
         async with engine(needs_definitions=None) as e:
             return await e.incidents.list(status=None if all_ else "open", limit=limit)
 
-    items = run(body)
+    if server is not None:
+        from ..fleet import commands as remote
+
+        items = remote.incidents(server, all_, limit)
+    else:
+        items = run(body)
     if as_json:
         print_json([i.to_json() for i in items])
         return
@@ -200,8 +202,10 @@ def incidents_list(all_: bool = typer.Option(False, "--all", help="Include resol
 
 @incidents_app.command("show")
 def incidents_show(incident_id: int = typer.Argument(...),
-                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+                   server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """One incident with its events (decisions, actions, halts)."""
+    bounded(incident_id, "incident id")
 
     async def body() -> tuple[Any, list[Any]]:
         async with engine(needs_definitions=None) as e:
@@ -209,7 +213,12 @@ def incidents_show(incident_id: int = typer.Argument(...),
             events = await e.rt.events.list(incident_id=incident_id, limit=200, newest_first=False)
             return incident, events
 
-    incident, events = run(body)
+    if server is not None:
+        from ..fleet import commands as remote
+
+        incident, events = remote.incident_with_events(server, incident_id)
+    else:
+        incident, events = run(body)
     if incident is None:
         fail(f"no incident {incident_id}", hint="see `fazt-agent incidents list --all`")
     if as_json:
@@ -292,15 +301,6 @@ def actions_run(name: str = typer.Argument(..., help="An action from `actions li
     report_decision(run(body), as_json)
 
 
-RESULT_WORD = {"succeeded": "done", "ineffective": "nothing done", "failed": "FAILED"}
-
-
-def result_word(outcome: dict[str, Any] | None) -> str:
-    """How an action's result reads: "done" only when it changed something."""
-    state = (outcome or {}).get("state") or ("succeeded" if (outcome or {}).get("ok") else "failed")
-    return RESULT_WORD.get(state, state)
-
-
 def report_decision(d: Any, as_json: bool) -> None:
     """Print what the gate decided about a manual proposal; exit 1 unless it ran (and changed
     something) or asks."""
@@ -321,29 +321,22 @@ def report_decision(d: Any, as_json: bool) -> None:
 
 @halts_app.command("list")
 def halts_list(all_: bool = typer.Option(False, "--all", help="Include answered and expired halts."),
-               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+               as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+               server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """Pending approval requests (or all with --all)."""
-
-    async def body() -> list[Any]:
-        async with engine(needs_definitions=None) as e:
-            await e.executor.sweep_halts()
-            return await e.executor.halts.list(status=None if all_ else "pending")
-
-    halts = run(body)
-    if as_json:
-        print_json([h.to_json() for h in halts])
-        return
-    if not halts:
-        typer.echo("no pending halts" if not all_ else "no halts")
-        return
-    for h in halts:
-        answer = f" → {h.answer} by {h.answered_by}" if h.answer else ""
-        typer.echo(f"{h.id:>5} {h.status:9} {h.plan.summary} (expires {h.expires_at:%Y-%m-%d %H:%M}){answer}")
+    _bodies.halts_list(all_, as_json, server)
 
 
 @halts_app.command("show")
-def halts_show(halt_id: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def halts_show(halt_id: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+               server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """One halt: the problem, the exact plan, the options and how to answer."""
+    bounded(halt_id, "halt id")
+    if server is not None:
+        from ..fleet import commands as remote
+
+        remote.show_halt(server, halt_id, as_json)
+        return
 
     async def body() -> Any:
         async with engine(needs_definitions=None) as e:
@@ -363,52 +356,25 @@ def halts_show(halt_id: int = typer.Argument(...), as_json: bool = typer.Option(
                f"{all_steps(halt)}")
 
 
-def _answer(halt_id: int, option: str, note: str | None, as_json: bool) -> None:
-    from ..halt.store import HaltError
-
-    # approving runs the plan under the policy and kernel settings: not with part of them; any
-    # other answer (deny) runs nothing and must always work
-    acts = f"approving halt {halt_id}" if option == "approve" else None
-
-    async def body() -> dict[str, Any]:
-        async with engine(acts, hint=f"to refuse the plan instead: fazt-agent deny {halt_id}") as e:
-            await e.executor.sweep_halts()
-            return await e.executor.answer(halt_id, option, by="cli", note=note)
-
-    try:
-        result = run(body)
-    except HaltError as e:  # raised inside run() only if not a FaztAgentError subclass
-        fail(str(e))
-    if as_json:
-        print_json(result)
-    elif result.get("replanned"):
-        typer.echo(f"halt {halt_id}: {option}; the plan changed ({result['message']}), "
-                   f"so I ask again: halt {result['new_halt_id']}")
-    elif result.get("executed"):
-        typer.echo(f"halt {halt_id}: {option}; {result_word(result)}: {result['message']}")
-    else:
-        typer.echo(f"halt {halt_id}: {option}" + (f"; {result['message']}" if result.get("message") else ""))
-    if result.get("executed") and not result.get("ok"):
-        raise typer.Exit(EXIT_PROBLEM)
-
-
 @halts_app.command("answer")
 def halts_answer(halt_id: int = typer.Argument(...), option: str = typer.Argument(..., help="One of the halt's options."),
                  note: Optional[str] = typer.Option(None, "--note", help="Why (kept in the audit trail)."),
                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Answer a halt with one of its options (exactly once)."""
-    _answer(halt_id, option, note, as_json)
+    answer(halt_id, option, note, as_json)
 
 
 def approve(halt_id: int = typer.Argument(..., help="The halt's id (see `halts list`)."),
             note: Optional[str] = typer.Option(None, "--note", help="Why (kept in the audit trail)."),
-            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+            as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+            server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """Approve a halt: its plan is re-checked and run."""
-    _answer(halt_id, "approve", note, as_json)
+    _bodies.approve(halt_id, note, as_json, server)
 
 
 def deny(halt_id: int = typer.Argument(..., help="The halt's id (see `halts list`)."),
          note: Optional[str] = typer.Option(None, "--note", help="Why (kept in the audit trail)."),
-         as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+         server: Optional[str] = typer.Option(None, "--server", metavar="NAME", help=SERVER_HELP)) -> None:
     """Deny a halt: nothing runs."""
-    _answer(halt_id, "deny", note, as_json)
+    _bodies.deny(halt_id, note, as_json, server)

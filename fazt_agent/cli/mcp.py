@@ -20,7 +20,9 @@ def serve(stdio: bool = typer.Option(False, "--stdio", help="Speak MCP on stdin/
           worker: Optional[str] = typer.Option(None, "--worker", hidden=True,
                                                help="The daemon's /mcp worker for clients of HOST:PORT."),
           daemon_data_dir: Optional[Path] = typer.Option(None, "--daemon-data-dir", hidden=True,
-                                                         help="The data dir of the daemon that starts this worker.")
+                                                         help="The data dir of the daemon that starts this worker."),
+          fleet: bool = typer.Option(False, "--fleet", help="With --stdio: every server of `fazt-agent servers "
+                                                            "list`, each tool with an optional `server` argument.")
           ) -> None:
     """Run the MCP server on the configured data dir, whether or not the daemon runs.
 
@@ -33,6 +35,13 @@ def serve(stdio: bool = typer.Option(False, "--stdio", help="Speak MCP on stdin/
         http, listen = True, "127.0.0.1:0"
     if stdio == http:
         fail("choose one transport: --stdio or --http", code=EXIT_USAGE)
+    if fleet:  # no config.toml, no data dir: the servers of ~/.fazt/config.json (fleet/server.py)
+        if not stdio:
+            fail("--fleet works with --stdio (the MCP server a client such as Claude Code starts)", code=EXIT_USAGE)
+        from ..fleet.server import build_fleet_server
+
+        run(lambda: build_fleet_server().run_stdio_async())
+        return
     config = load()
     if daemon_data_dir is not None and config.data_dir.resolve() != daemon_data_dir.resolve():
         # the config file was edited since the daemon started: never serve another data dir on its /mcp

@@ -7,10 +7,11 @@ from typing import Any
 
 import typer
 
-from ._common import EXIT_PROBLEM, EXIT_USAGE, console, fail, line, print_json, run, runtime, styled
+from ._common import EXIT_PROBLEM, EXIT_USAGE, bounded, console, fail, line, print_json, run, runtime, styled
 
 app = typer.Typer(help="Health checks: status, history, trends.", no_args_is_help=True)
 SPARKS = "▁▂▃▄▅▆▇█"
+MAX_HOURS = 10 * 365 * 24.0   # ten years (units.MAX_DURATION); `inf` overflows the date arithmetic
 
 
 @app.command("status")
@@ -80,6 +81,7 @@ def ask(question: str = typer.Argument(..., help="A question about the server, e
 def history(hours: float = typer.Option(24, "--hours", min=0.01, help="How far back."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Beats of the last N hours with what was not ok in each."""
+    bounded(hours, "--hours", 0.01, MAX_HOURS)
 
     async def body() -> list[dict[str, Any]]:
         async with runtime(needs_definitions=None) as rt:
@@ -117,6 +119,7 @@ def trend(metric: str = typer.Argument(..., help="CHECK.METRIC or CHECK[TARGET].
           hours: float = typer.Option(24, "--hours", min=0.01, help="How far back."),
           as_json: bool = typer.Option(False, "--json", help="Print the series as JSON.")) -> None:
     """A terminal sparkline of one metric over time."""
+    bounded(hours, "--hours", 0.01, MAX_HOURS)
     from ..pulse.beats import MetricRef
     from ..units import format_duration, format_metric
 

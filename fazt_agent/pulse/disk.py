@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-import psutil
 from pydantic import Field, ValidationInfo, field_validator
 
 from ..errors import CheckError
@@ -59,6 +58,8 @@ class Usage:
 
 def real_mounts() -> list[str]:
     """Mount points of real filesystems, one per device (bind mounts and snap loops skipped)."""
+    import psutil   # here, not at import: a command that only validates the definitions never loads it
+
     devices: set[str] = set()
     mounts = []
     for part in sorted(psutil.disk_partitions(all=False), key=lambda p: len(p.mountpoint)):
@@ -71,6 +72,8 @@ def real_mounts() -> list[str]:
 
 def measure(mount: str) -> Usage | None:
     """Usage of the filesystem holding `mount`; None when the path does not exist."""
+    import psutil
+
     try:
         usage = psutil.disk_usage(mount)
         st = os.statvfs(mount)

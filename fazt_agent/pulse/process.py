@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-import psutil
 from pydantic import Field
 
 from ..units import Size, format_size
@@ -32,6 +31,8 @@ class ProcessConfig(CheckConfig):
 
 def find(process: str, match: Literal["name", "cmdline"]) -> tuple[int, float, int]:
     """Count, summed cpu percent and summed rss bytes of the matching processes."""
+    import psutil   # here, not at import: a command that only validates the definitions never loads it
+
     count, cpu, rss = 0, 0.0, 0
     for p in psutil.process_iter(["name", "cmdline"]):
         if match == "name":

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import psutil
 from pydantic import Field
 
 from ..units import format_duration, format_size
@@ -73,6 +72,8 @@ class SystemConfig(CheckConfig):
 def cpu_sample() -> CpuSample:
     """Busy and total CPU time as psutil's `cpu_percent` counts them (idle and iowait are not busy;
     guest time is already inside user time on Linux)."""
+    import psutil   # here, not at import: a command that only validates the definitions never loads it
+
     t = psutil.cpu_times()
     total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
     busy = total - t.idle - getattr(t, "iowait", 0.0)
@@ -106,6 +107,8 @@ def cpu_since(previous: CpuSample | None, now: CpuSample, max_age: float, load1:
 
 
 def _sample() -> dict[str, float]:
+    import psutil
+
     load1, load5, load15 = os.getloadavg()
     cores = psutil.cpu_count() or 1
     memory = psutil.virtual_memory()

@@ -1,0 +1,300 @@
+"""The command line as a process, beside native tools in the same run: `status`, `events list`,
+`halts list`, `approve`, and the daemon's cold start to its first /healthz 200.
+
+Setup: an ops folder from `fazt-agent init` (the shipped `system` and `disk` checks), at medium
+autonomy with a cleanup root the policy asks about (`[constraints] cleanup_roots`, cleanup
+destructive above 1 KB, as the tests' `destructive_junk`); one `fazt-agent beat` so `status` has
+results, and `--pending` (3) halts left pending for `halts list`. Then `--runs` (20) rounds; each
+runs every command below once, as a process, in the same order, so a neighbour's load hits them
+alike; wall time from spawn to exit and the child's CPU time (user + system):
+
+    python -c pass                                  the interpreter alone
+    python -c "import asyncio, sqlite3 + one pydantic model"   the floor of this design (below)
+    monit status                                    Debian's Monit, its daemon running on a unix
+                                                    socket with a system and a filesystem check
+    fazt-agent status
+    fazt-agent events list --limit 50
+    fazt-agent halts list
+    fazt-agent approve N                            a fresh halt each round: before the timing, its
+                                                    files are refilled and `actions run cleanup`
+                                                    asks; approving runs the cleanup
+
+The floor row is what any command that reads the config (pydantic) and the store (asyncio,
+aiosqlite) pays before its own code: it shows how much of a command's time is left to win.
+
+Cold start, `--starts` (10) times each, alternating: `fazt-agent run` on the same ops folder
+from spawn to the first `GET /healthz` 200 (then SIGTERM and wait), beside Debian's
+`prometheus-node-exporter --web.listen-address 127.0.0.1:PORT` to its first `/metrics` 200.
+
+Bytecode: when PYTHONDONTWRITEBYTECODE is set (as in some development shells), every process
+would compile the package from source; an installed package has its .pyc files. The children
+get PYTHONPYCACHEPREFIX in the temporary directory instead (one warm-up run fills it), so the
+source tree is not written to.
+
+Targets: every command's median <= 100 ms, the cold start's median <= 200 ms. Exit code 0 when
+every target is met, 1 when one is missed or an anchor is missing (scripts/bench-deps installs
+Monit and node_exporter), 2 for bad arguments. `--agent-src DIR` runs `init` and every
+fazt-agent process from another source tree (`git archive COMMIT | tar -x -C DIR`), to measure an
+older version with the same script.
+
+    python bench/cli_latency.py [--runs 20] [--starts 10] [--pending 3] [--agent-src DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import Ops, clean_env, free_port, make_ops, print_json, stats, verdict
+
+COMMAND_TARGET_MS = 100.0
+START_TARGET_MS = 200.0
+START_TIMEOUT = 30.0
+FLOOR = ("import asyncio, sqlite3\nfrom pydantic import BaseModel\n\n"
+         "class Model(BaseModel):\n    x: int = 0\n")
+COMMANDS = ("status", "events list", "halts list", "approve")
+
+
+class BenchError(Exception):
+    """A command failed, an anchor is missing or did not start; the message says which."""
+
+
+def child_env(work: Path, agent_src: Path | None) -> dict[str, str]:
+    env = clean_env()
+    if env.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    if agent_src is not None:
+        env["PYTHONPATH"] = str(agent_src)
+    return env
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int, str]:
+    """(wall ms, CPU ms, exit code, stdout) of one process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            env=env, cwd=cwd)
+    out = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = (time.perf_counter() - t0) * 1000
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, (usage.ru_utime + usage.ru_stime) * 1000, proc.returncode, out.decode(errors="replace")
+
+
+# -- setup -------------------------------------------------------------------------------------
+
+def prepare(ops: Ops, junk: Path) -> None:
+    """Medium autonomy and a cleanup root the policy asks about (as tests/_mcp.py destructive_junk)."""
+    (ops.dir / "policies" / "local.toml").write_text(f'[constraints]\ncleanup_roots = ["{junk.parent}"]\n')
+    (ops.dir / "kernel" / "actions.toml").write_text('[cleanup]\ndestructive_above = "1KB"\n')
+    text = ops.config.read_text()
+    ops.config.write_text(re.sub(r'(?m)^autonomy = "low"$', 'autonomy = "medium"', text, count=1))
+
+
+def fill(root: Path, files: int = 3) -> None:
+    """`files` 4 KiB files dated 30 days back: old enough for `older_than = "7d"`, destructive."""
+    root.mkdir(parents=True, exist_ok=True)
+    old = time.time() - 30 * 86400
+    for i in range(files):
+        path = root / f"old-{i}.log"
+        path.write_bytes(b"x" * 4096)
+        os.utime(path, (old, old))
+
+
+def ask(cli: list[str], env: dict[str, str], cwd: Path, root: Path) -> int:
+    """A fresh pending halt: `actions run cleanup` on `root`, which the policy asks about."""
+    fill(root)
+    done = subprocess.run([*cli, "actions", "run", "cleanup", "--arg", f"root={root}", "--arg", "older_than=7d",
+                           "--json"], capture_output=True, text=True, env=env, cwd=cwd)
+    try:
+        halt = json.loads(done.stdout).get("halt_id")
+    except json.JSONDecodeError:
+        halt = None
+    if not halt:
+        raise BenchError(f"`actions run cleanup` opened no halt (exit {done.returncode}): "
+                         f"{done.stdout.strip()[-300:]} {done.stderr.strip()[-300:]}")
+    return int(halt)
+
+
+class Monit:
+    """Debian's Monit in the foreground, answering `monit status` on a unix socket."""
+
+    def __init__(self, work: Path):
+        self.binary = shutil.which("monit") or "/usr/bin/monit"
+        if not os.path.exists(self.binary):
+            raise BenchError("monit is not installed: run scripts/bench-deps")
+        work.mkdir()
+        self.rc = work / "monitrc"
+        self.rc.write_text(
+            f"set daemon 60\nset logfile {work / 'monit.log'}\nset pidfile {work / 'monit.pid'}\n"
+            f"set idfile {work / 'monit.id'}\nset statefile {work / 'monit.state'}\n"
+            f"set httpd unixsocket {work / 'monit.sock'}\n  allow localhost\n\n"
+            "check system localhost\ncheck filesystem rootfs with path /\n")
+        self.rc.chmod(0o600)
+        self.proc = subprocess.Popen([self.binary, "-I", "-c", str(self.rc)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while subprocess.run(self.status_argv, capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise BenchError("monit did not answer `monit status` within 10 s")
+            time.sleep(0.1)
+
+    @property
+    def status_argv(self) -> list[str]:
+        return [self.binary, "-c", str(self.rc), "status"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+# -- start-up ----------------------------------------------------------------------------------
+
+def first_200(argv: list[str], port: int, path: str, env: dict[str, str], cwd: Path) -> float:
+    """Milliseconds from spawn to the first 200 on `path`; the process is stopped afterwards."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            env=env, cwd=cwd)
+    try:
+        while time.perf_counter() - t0 < START_TIMEOUT:
+            if proc.poll() is not None:
+                raise BenchError(f"{argv[0]} exited with {proc.returncode} before {path} answered")
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            try:
+                conn.request("GET", path)
+                if conn.getresponse().status == 200:
+                    return (time.perf_counter() - t0) * 1000
+            except OSError:
+                time.sleep(0.002)
+            finally:
+                conn.close()
+        raise BenchError(f"{path} did not answer 200 within {START_TIMEOUT:g}s")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def node_exporter_argv(port: int) -> list[str]:
+    binary = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
+    if not os.path.exists(binary):
+        raise BenchError("prometheus-node-exporter is not installed: run scripts/bench-deps")
+    return [binary, f"--web.listen-address=127.0.0.1:{port}"]
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+def run(runs: int, starts: int, pending: int, agent_src: Path | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="fazt-bench-cli-") as tmp:
+        work = Path(tmp)
+        env = child_env(work, agent_src)
+        if agent_src is not None:   # `make_ops` runs this tree's `init`: the other tree's instead
+            os.environ["PYTHONPATH"] = str(agent_src)
+        ops = make_ops(work)
+        junk = work / "junk"
+        prepare(ops, junk / "approve")
+        cli = [sys.executable, "-m", "fazt_agent", "--config", str(ops.config)]
+        beat = subprocess.run([*cli, "beat"], capture_output=True, text=True, env=env, cwd=ops.dir)
+        if beat.returncode not in (0, 1):
+            raise BenchError(f"`fazt-agent beat` failed ({beat.returncode}): {beat.stderr.strip()[-300:]}")
+        for i in range(pending):
+            ask(cli, env, ops.dir, junk / f"pending-{i}")
+        monit = Monit(work / "monit")
+        try:
+            argv = {
+                "python -c pass": [sys.executable, "-c", "pass"],
+                "floor: asyncio, sqlite3, pydantic": [sys.executable, "-c", FLOOR],
+                "monit status": monit.status_argv,
+                "status": [*cli, "status"],
+                "events list": [*cli, "events", "list", "--limit", "50"],
+                "halts list": [*cli, "halts", "list"],
+                "approve": [],
+            }
+            for name, command in argv.items():   # warm-up: bytecode written, page cache filled
+                if command:
+                    timed(command, env, ops.dir)
+            wall: dict[str, list[float]] = {name: [] for name in argv}
+            cpu: dict[str, list[float]] = {name: [] for name in argv}
+            for _ in range(runs):
+                for name, command in argv.items():
+                    if name == "approve":
+                        command = [*cli, "approve", str(ask(cli, env, ops.dir, junk / "approve"))]
+                    w, c, code, out = timed(command, env, ops.dir)
+                    if code != 0:
+                        raise BenchError(f"`{' '.join(command[-4:])}` exited with {code}: {out.strip()[-300:]}")
+                    if name == "approve" and "done" not in out:
+                        raise BenchError(f"approve did not run the cleanup: {out.strip()}")
+                    if name == "halts list" and out.count("\n") < pending:
+                        raise BenchError(f"halts list shows fewer than {pending} halts: {out.strip()}")
+                    wall[name].append(w)
+                    cpu[name].append(c)
+        finally:
+            monit.stop()
+
+        start_ms: dict[str, list[float]] = {"fazt-agent run → /healthz": [], "node_exporter → /metrics": []}
+        for _ in range(starts):
+            start_ms["fazt-agent run → /healthz"].append(
+                first_200([*cli, "run"], ops.port, "/healthz", env, ops.dir))
+            port = free_port()
+            start_ms["node_exporter → /metrics"].append(
+                first_200(node_exporter_argv(port), port, "/metrics", env, ops.dir))
+    commands = {name: {"wall_ms": stats(wall[name]), "cpu_ms": stats(cpu[name])} for name in wall}
+    met = {name: commands[name]["wall_ms"]["median"] <= COMMAND_TARGET_MS for name in COMMANDS}
+    met["cold start"] = stats(start_ms["fazt-agent run → /healthz"])["median"] <= START_TARGET_MS
+    return {"bench": "cli_latency", "runs": runs, "starts": starts, "pending_halts": pending,
+            "agent_src": str(agent_src) if agent_src else None, "commands": commands,
+            "starts_ms": {name: stats(v) for name, v in start_ms.items()},
+            "targets": {"command_median_ms": COMMAND_TARGET_MS, "start_median_ms": START_TARGET_MS},
+            "met": met}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="fazt-agent's command line as processes, beside native tools.")
+    parser.add_argument("--runs", type=int, default=20, help="rounds of every command (default 20)")
+    parser.add_argument("--starts", type=int, default=10, help="cold starts of each daemon (default 10)")
+    parser.add_argument("--pending", type=int, default=3, help="halts left pending for `halts list` (default 3)")
+    parser.add_argument("--agent-src", type=Path, help="run fazt-agent from this source tree")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.starts < 1 or args.pending < 0:
+        parser.error("--runs and --starts must be at least 1, --pending not negative")
+    try:
+        report = run(args.runs, args.starts, args.pending, args.agent_src.resolve() if args.agent_src else None)
+    except (BenchError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(report)
+    else:
+        print(f"commands as processes, {args.runs} runs each, alternating (wall ms: median / p95; CPU ms median)")
+        for name, row in report["commands"].items():
+            target = (f"  target <= {COMMAND_TARGET_MS:g}  {verdict(report['met'][name])}"
+                      if name in report["met"] else "")
+            label = f"fazt-agent {name}" if name in COMMANDS else name
+            print(f"  {label:38} {row['wall_ms']['median']:7.1f} / {row['wall_ms']['p95']:7.1f}   "
+                  f"CPU {row['cpu_ms']['median']:6.1f}{target}")
+        print(f"start to the first HTTP 200, {args.starts} starts each (ms: median / p95)")
+        for name, row in report["starts_ms"].items():
+            target = (f"  target <= {START_TARGET_MS:g}  {verdict(report['met']['cold start'])}"
+                      if name.startswith("fazt") else "")
+            print(f"  {name:38} {row['median']:7.1f} / {row['p95']:7.1f}{target}")
+    return 0 if all(report["met"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""What each process imports, so start-up time and memory do not creep back: the most frequent
+commands answer without typer, rich or the libraries of features they do not use; the idle daemon
+holds what a beat needs and no more; the fast path (`cli/_fast.py`) prints what typer's path
+prints and parses exactly the options typer declares.
+
+Module sets, not milliseconds: a timing assert would flap on a busy machine (bench/cli_latency.py
+and bench/idle.py measure the time and the memory).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from _mcp import destructive_junk, listen
+from conftest import Ops, base_env
+from fazt_agent.pulse import KINDS
+
+# never needed to read the store or answer a halt
+HEAVY = {"typer", "click", "rich", "shellingham", "anthropic", "mcp", "httpx", "httpcore", "apprise", "cryptography",
+         "acme", "josepy", "uvicorn", "starlette", "apscheduler", "quickjs", "requests", "psutil"}
+# the shipped pulse/system.toml uses `system` and `disk`: the other kinds stay unimported
+UNUSED_KINDS = {f"fazt_agent.pulse.{kind}" for kind in set(KINDS) - {"system", "disk"}} | {"fazt_agent.pulse.http_client"}
+# what the daemon never holds while idle: the CLI's libraries, the LLM and MCP SDKs (imported at the
+# first decision or /mcp request), notification and ACME libraries, and check kinds it does not run
+DAEMON_NEVER = {"typer", "rich", "shellingham", "anthropic", "mcp", "httpx", "httpcore", "apprise", "cryptography",
+                "acme", "josepy", "quickjs", "requests"}
+# a CLI process that writes the modules it imported to argv[1] at exit: as `python -m fazt_agent`, or
+# through the typer app (what `main()` does for anything the fast path leaves to typer). Not
+# `-X importtime`: it does not see modules imported with importlib.import_module (the check kinds).
+_RECORD = ("import atexit, json, sys, runpy; out = sys.argv.pop(1); "
+           "atexit.register(lambda: open(out, 'w').write(json.dumps(sorted(sys.modules)))); ")
+FAST_PATH = _RECORD + "sys.argv[0] = 'fazt-agent'; runpy.run_module('fazt_agent', run_name='__main__')"
+TYPER_PATH = _RECORD + ("from fazt_agent.cli import app, hoist_config; "
+                        "app(args=hoist_config(sys.argv[1:]), prog_name='fazt-agent')")
+
+
+def imports(ops: Ops, *args: str, typer_path: bool = False) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the CLI (as `python -m fazt_agent`, or through the typer app): its result and every module
+    it imported."""
+    out = ops.dir.parent / "modules.json"
+    out.unlink(missing_ok=True)
+    result = subprocess.run([sys.executable, "-c", TYPER_PATH if typer_path else FAST_PATH, str(out),
+                             "--config", str(ops.config), *args],
+                            capture_output=True, text=True, timeout=120, env=base_env(), cwd=ops.dir)
+    return result, set(json.loads(out.read_text()))
+
+
+def packages(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+def ask(ops: Ops, root: Path) -> int:
+    """A pending halt: `actions run cleanup` on a destructive root at medium autonomy asks."""
+    result = ops.cli("actions", "run", "cleanup", "--arg", f"root={root}", "--arg", "older_than=7d", "--json")
+    assert result.returncode == 0, result.stderr
+    return int(json.loads(result.stdout)["halt_id"])
+
+
+def test_the_frequent_commands_import_neither_typer_nor_rich_nor_unused_features(ops: Ops, tmp_path: Path) -> None:
+    root, files = destructive_junk(ops, tmp_path)
+    assert ops.cli("beat").returncode in (0, 1)
+    halt = ask(ops, root)
+    for args, expected in ((["status"], "health"), (["events", "list", "--limit", "50"], "halt.requested"),
+                           (["halts", "list"], f"{halt:>5} pending"), (["approve", str(halt)], f"halt {halt}: approve")):
+        result, modules = imports(ops, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert expected in result.stdout, (args, result.stdout)
+        assert not packages(modules) & HEAVY, (args, sorted(packages(modules) & HEAVY))
+        assert not modules & UNUSED_KINDS, (args, sorted(modules & UNUSED_KINDS))
+        assert {"fazt_agent.pulse.system", "fazt_agent.pulse.disk"} <= modules, args   # the kinds in use
+    assert not any(f.exists() for f in files)   # the approval ran the cleanup
+
+
+def test_the_fast_path_prints_what_typer_prints(ops: Ops, tmp_path: Path) -> None:
+    """The same output, errors and exit codes either way, typer not imported by the fast one."""
+    root, _ = destructive_junk(ops, tmp_path)
+    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "1KB"\n',
+                    only=False)
+    assert ops.cli("beat").returncode == 1                    # junk is over its limit: a problem to show
+    halt = ask(ops, root)
+    ops.write_pulse("broken", '[[checks]]\nname = "x"\nkind = "telepathy"\n', only=False)   # reads warn, approve refuses
+    cases = [["status"], ["status", "--json"], ["events", "list", "--limit", "7"],
+             ["events", "list", "--type", "halt.*", "--since", "1h", "--json"], ["halts", "list", "--all"],
+             ["halts", "list", "--json"], ["events", "list", "--since", "soon"], ["deny", "999"],
+             ["approve", str(halt), "--note", "checked the plan"]]
+    for args in cases:
+        typer_result, typer_modules = imports(ops, *args, typer_path=True)
+        fast_result, fast_modules = imports(ops, *args)
+        assert "typer" in packages(typer_modules) and "typer" not in packages(fast_modules), args
+        assert (fast_result.returncode, fast_result.stdout, fast_result.stderr) == \
+               (typer_result.returncode, typer_result.stdout, typer_result.stderr), args
+    assert "kind 'telepathy'" in fast_result.stderr and fast_result.returncode == 2   # approve refused
+
+
+def test_typer_parses_what_the_fast_path_does_not(ops: Ops) -> None:
+    """Help, a bad value, an unknown option, `--` and --version go to typer, which says what it says."""
+    for args, code, text in ((["status", "--help"], 0, "Usage: fazt-agent status"),
+                             (["events", "list", "--limit", "0"], 2, "Invalid value for '--limit'"),
+                             (["events", "list", "--limit", "5_0"], 0, ""),
+                             (["halts", "list", "--nope"], 2, "No such option: --nope"),
+                             (["approve", "x1"], 2, "Invalid value for 'halt_id'"),
+                             (["--version"], 0, "fazt-agent ")):
+        result, modules = imports(ops, *args)
+        assert result.returncode == code, (args, result.stderr)
+        assert text in result.stdout + result.stderr, (args, result.stdout, result.stderr)
+        assert "typer" in packages(modules), args
+    result, modules = imports(ops, "events", "list", "--limit", "50")   # a plain value: no typer
+    assert result.returncode == 0 and "typer" not in packages(modules), result.stderr
+
+
+def _typer_params(path: list[str]) -> list[dict[str, Any]]:
+    import typer.main
+
+    from fazt_agent.cli import app
+
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    out = []
+    for p in command.params:
+        annotation = p.type_descriptor.annotation
+        if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")):
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        assert not (p.envvar or p.multiple or p.callback or p.is_eager or p.nargs != 1 or p.secondary_opts
+                    or getattr(p, "prompt", None) or getattr(p, "count", False)), (path, p.name)
+        option = type(p).__name__ == "TyperOption"
+        out.append({"name": p.name, "flags": sorted(p.opts) if option else [], "kind": annotation.__name__,
+                    "default": p.default, "min": p.min, "max": p.max, "required": p.required})
+    return out
+
+
+def test_the_fast_path_knows_exactly_the_options_typer_declares() -> None:
+    import typer.main
+
+    from fazt_agent.cli import _fast, app
+
+    for path, params in _fast.describe().items():
+        assert params == _typer_params(path.split()), path
+    callback = typer.main.get_command(app)
+    # the global options: --config (which the fast path reads) and the eager/completion ones it leaves to typer
+    config = next(p for p in callback.params if p.name == "config")
+    assert sorted(config.opts) == sorted(_fast.CONFIG_FLAGS) and not config.envvar
+    assert {p.name for p in callback.params} == {"config", "_version", "install_completion", "show_completion"}
+
+
+def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> None:
+    out = tmp_path / "daemon-modules.json"
+    daemon = subprocess.Popen([sys.executable, "-c", FAST_PATH, str(out), "--config", str(ops.config), "run"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=base_env())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+            try:
+                health = httpx.get(f"http://{listen(ops)}/healthz", timeout=1).json()
+                if health.get("last_beat"):
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("no beat within 60 s")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=20)
+    assert daemon.returncode == 0, err
+    modules = set(json.loads(out.read_text()))
+    assert not packages(modules) & DAEMON_NEVER, sorted(packages(modules) & DAEMON_NEVER)
+    assert not modules & UNUSED_KINDS, sorted(modules & UNUSED_KINDS)
+    assert not {m for m in modules if m.startswith("fazt_agent.cli.") and m not in
+                ("fazt_agent.cli._fast", "fazt_agent.cli._bodies", "fazt_agent.cli._common")}
+    assert {"fazt_agent.pulse.system", "fazt_agent.pulse.disk", "psutil"} <= modules   # what its beat runs
+
+
+def test_each_check_table_is_validated_by_its_own_kind(ops: Ops) -> None:
+    """Only the kinds in use are built, and the keys of an error are the table's own (a `command`
+    check's own `command` key is not taken for the kind's name); an unknown kind lists every kind."""
+    path = ops.write_pulse("c", '[[checks]]\nname = "c"\nkind = "command"\ncommand = 5\ntimeout = "abc"\n')
+    result = ops.cli("config", "check")
+    assert result.returncode == 2
+    assert f"{path}:checks[0].timeout: expected a duration" in result.stderr, result.stderr
+    assert f"{path}:checks[0].command: Input should be a valid list (got 5)" in result.stderr, result.stderr
+    path = ops.write_pulse("u", '[[checks]]\nname = "s"\nkind = "system"\n\n[[checks]]\nname = "u"\nkind = "nope"\n')
+    result = ops.cli("config", "check")
+    accepted = ", ".join(repr(kind) for kind in KINDS)
+    assert f"{path}:checks[1].kind: unknown kind 'nope' (accepted: {accepted})" in result.stderr, result.stderr
