@@ -208,8 +208,8 @@ def test_flap_control_can_be_turned_off_and_bad_values_are_refused(ops: Ops, plu
     command_check(ops, plugin, "for = 0\nflap_count = 1\n")
     checked = ops.cli("config", "check")
     assert checked.returncode == 2
-    assert "app.toml:checks[0].command.for: Input should be greater than or equal to 1" in checked.stderr
-    assert "app.toml:checks[0].command.flap_count: 1 would call every incident flapping" in checked.stderr
+    assert "app.toml:checks[0].for: Input should be greater than or equal to 1" in checked.stderr
+    assert "app.toml:checks[0].flap_count: 1 would call every incident flapping" in checked.stderr
 
 
 def test_a_beat_the_overloaded_agent_could_not_measure_does_not_count_toward_for_n(
