@@ -6,6 +6,12 @@ plans, and the pure `policy.judge` decides. Every step is an event.
 
 Decisions happen on incident transitions only (opened, worsened, an action that did not help,
 a held-back action whose wait is over, a restart after a crash), never on every beat.
+
+Nothing a crash cuts off is lost: a transition that calls for a decision commits with a note that
+a decision is due (and by which process); a decision commits with everything it starts (the
+halt, its event and its notification; the action row); and `reconcile` — at start and in every
+housekeeping round — completes what a dead process left: due decisions, running actions,
+approved halts, unasked owners, notifications cut off mid-send.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from pydantic import ValidationError
 
+from ._faults import crash_point
 from ._toml import toml_files
 from .clock import iso
 from .decide.rules import Proposal, rules_planner
 from .decision import Decision, Evaluation
 from .errors import ActionError
-from .event_types import DecisionFailed, DecisionMade, DecisionRejected, PolicyRejected, PolicyReloaded
+from .event_types import (AgentReconciled, DecisionFailed, DecisionMade, DecisionRejected, PolicyRejected,
+                          PolicyReloaded)
 from .executor import Executor
 from .incidents import Incident, transitions
 from .kernel import ACTIONS
@@ -39,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Spawn = Callable[[str, Coroutine[Any, Any, None]], None]
+DUE = {"opened": "opened", "flapping": "flapping", "worsened": "worsened"}   # transitions that call for a decision
 
 
 class Engine:
@@ -51,6 +60,7 @@ class Engine:
         self.spawn = spawn
         self._loaded = self._fingerprint()
         self.llm: LlmDecider | None = None   # made at the first decision when [llm] is configured
+        self._loop = asyncio.Lock()   # a beat's decisions and the reconciler's never interleave
 
     @property
     def policy(self) -> Policy:
@@ -60,11 +70,21 @@ class Engine:
 
     async def on_beat(self, beat: BeatResult) -> None:
         """Record incident transitions and decide on the ones that need a decision."""
+        async with self._loop:
+            await self._on_beat(beat)
+
+    async def _on_beat(self, beat: BeatResult) -> None:
         now = self.clock.now()
         open_incidents = await self.incidents.open_incidents()
         flaps = await self.incidents.flaps(open_incidents, beat.results,
                                            {c.name: c.config for c in self.rt.pulse.checks}, beat.id)
-        changes = await self.incidents.apply(transitions(open_incidents, beat.results, flaps))
+        async with self.rt.store.transaction():   # a transition and the decision it makes due commit together
+            changes = await self.incidents.apply(transitions(open_incidents, beat.results, flaps))
+            for t, incident in changes:
+                if t.change in DUE:
+                    await self.executor.make_due(incident.id, DUE[t.change], self.executor.me)
+        if any(t.change == "opened" for t, _ in changes):
+            crash_point("incident.opened")
         paused = await self.paused()
         for t, incident in changes:
             if t.change == "resolved":
@@ -156,31 +176,44 @@ class Engine:
         plan, j = ev.plan, ev.judgement
         if trigger == "action_ineffective" and j.verdict != "act":
             j = replace(j, reason=f"the last action did not resolve it; {j.reason}")
-        await self._record(trigger, proposal, incident, j, autonomy, plan.to_json(), paused)
         if proposal.planner == "llm" and proposal.reason:  # the owner reads why the model proposed it
-            j = replace(j, reason=f"{j.reason}. Why it was proposed: {proposal.reason}")
-        if paused:
+            told = replace(j, reason=f"{j.reason}. Why it was proposed: {proposal.reason}")
+        else:
+            told = j
+        async with self.rt.store.transaction():   # the decision and what it starts commit together
+            await self.rt.store.after_commit(_committed)
+            await self._record(trigger, proposal, incident, j, autonomy, plan.to_json(), paused)
+            crash_point("decision.made")
             if incident is not None:
-                await self.incidents.mark_decided(incident.id, "paused")
-            return Decision(j.verdict, f"{j.reason} (agent paused: recorded only)", plan.to_json(), paused=True)
-        if incident is not None:  # before dispatch: a failed action sets the next retry_at afterwards
-            await self.incidents.mark_decided(incident.id, j.verdict, retry_at=j.retry_at)
-        return await self.executor.dispatch(j, plan, proposal.rule, incident, requested_by, self.spawn)
+                await self.executor.settled(incident.id)
+            if paused:
+                if incident is not None:
+                    await self.incidents.mark_decided(incident.id, "paused")
+                return Decision(j.verdict, f"{told.reason} (agent paused: recorded only)", plan.to_json(),
+                                paused=True)
+            if incident is not None:  # before the action: a failed action sets the next retry_at afterwards
+                await self.incidents.mark_decided(incident.id, j.verdict, retry_at=j.retry_at)
+            d = await self.executor.record(told, plan, proposal.rule, incident, requested_by)
+        return await self.executor.carry_out(d, plan, incident, self.spawn)
 
     async def notify_only(self, incident: Incident, trigger: str, reason: str, *, rule: Rule | None = None,
                           record: bool = True, proposal: Proposal | None = None) -> Decision:
         """No action to propose (or none possible): tell the owner, once per transition."""
         paused = await self.paused()
-        if record:
-            autonomy = await self.rt.autonomy()
-            j = Judgement("notify", reason)
-            await self._record(trigger, proposal or Proposal(None, {}, rule, "rules", reason), incident, j, autonomy,
-                               None, paused)
-        if paused:
-            await self.incidents.mark_decided(incident.id, "paused")
-            return Decision("notify", f"{reason} (agent paused: recorded only)", paused=True)
-        await self.executor.tell(incident, reason)
-        await self.incidents.mark_decided(incident.id, "notify")
+        autonomy = await self.rt.autonomy() if record else ""
+        async with self.rt.store.transaction():   # the decision and the notice commit together
+            await self.rt.store.after_commit(_committed)
+            if record:
+                j = Judgement("notify", reason)
+                await self._record(trigger, proposal or Proposal(None, {}, rule, "rules", reason), incident, j,
+                                   autonomy, None, paused)
+                crash_point("decision.made")
+            await self.executor.settled(incident.id)
+            if paused:
+                await self.incidents.mark_decided(incident.id, "paused")
+                return Decision("notify", f"{reason} (agent paused: recorded only)", paused=True)
+            await self.executor.tell(incident, reason)
+            await self.incidents.mark_decided(incident.id, "notify")
         return Decision("notify", reason)
 
     async def _record(self, trigger: str, proposal: Proposal, incident: Incident | None, j: Judgement,
@@ -299,16 +332,54 @@ class Engine:
         return True
 
     async def sweep(self) -> None:
-        """Expire and remind halts, retry notifications (the daemon runs this every few seconds)."""
+        """Expire and remind halts, retry notifications, complete what dead processes left (the
+        daemon runs this every few seconds)."""
         await self.executor.sweep_halts()
         await self.executor.notifications.deliver_due(self.clock.now())
+        await self.reconcile(at_start=False)
 
-    async def reconcile(self) -> None:
-        """At start: incidents of checks no longer configured are resolved; actions left running by
-        a crash are interrupted and their incidents get a fresh verdict."""
-        await self.incidents.resolve_orphans({c.name for c in self.rt.pulse.checks})
-        for incident_id in await self.executor.interrupt_running():
-            incident = await self.incidents.get(incident_id) if incident_id else None
-            if incident is not None and incident.status == "open":
-                await self.decide(incident, "interrupted")
+    async def reconcile(self, *, at_start: bool = True) -> AgentReconciled:
+        """Complete what a crash (of the daemon, a CLI command, the MCP worker) cut off, never work a
+        live process owns: actions left running by a dead owner are interrupted (their incidents
+        become due); approved halts nobody carries out are run, exactly once; incidents due for a
+        decision whose decider is gone are decided; pending halts whose owner was never asked are
+        asked; notifications abandoned mid-send are sent. At start also: incidents of checks no
+        longer configured are resolved. Recorded as `agent.reconciled` when it did something (at
+        start also when it left running work to live processes)."""
+        if at_start:
+            await self.incidents.resolve_orphans({c.name for c in self.rt.pulse.checks})
+        interrupted, left = await self.executor.reclaim_actions(at_start=at_start)
+        halts_run, halts_closed, carried = await self.executor.resume_halts(self.spawn)
+        left += carried
+        decided = []
+        async with self._loop:
+            for incident, trigger in await self.executor.take_due():
+                decided.append(incident.id)
+                await self._decide_due(incident, trigger)
+        asked = await self.executor.ask_unasked()
+        resent = await self.executor.notifications.resend_abandoned(self.clock.now())
+        report = AgentReconciled(at_start=at_start, decided=decided, interrupted=interrupted, halts_run=halts_run,
+                                 halts_closed=halts_closed, asked=asked, resent=resent, left_to_owners=left)
+        did = any((decided, interrupted, halts_run, halts_closed, asked, resent))
+        if did or (at_start and left):
+            log.info("completed what a stopped process left%s: %s", " (at start)" if at_start else "",
+                     report.model_dump_json(exclude={"at_start"}, exclude_defaults=True))
+        if did or (at_start and left):
+            await self.rt.events.emit("agent.reconciled", report)
+        return report
 
+    async def _decide_due(self, incident: Incident, trigger: str) -> None:
+        """Make the decision a dead process owed (`trigger`: the transition that called for it)."""
+        try:
+            if trigger == "flapping":
+                await self.notify_only(incident, "flapping", "flapping: opened again and again; held open "
+                                                             "without a notice for each change")
+            else:
+                await self.decide(incident, trigger)
+        except Exception:  # supervisor boundary: the next round (or restart) tries again
+            log.exception("the decision due on incident %s failed", incident.id)
+
+
+async def _committed() -> None:
+    """The first step after a decision's commit, before anything is sent or applied (a fault point)."""
+    crash_point("decision.committed")

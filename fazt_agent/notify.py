@@ -3,7 +3,10 @@
 `notify` writes the notification first and then tries to send it, so a failed or interrupted
 delivery is never lost: the row stays `pending` and `deliver_due` retries it with exponential
 backoff until it is sent or, after `max_attempts`, given up. Each attempt claims its row with a
-conditional UPDATE (a lease), so several processes sharing the database send it only once.
+conditional UPDATE (a lease, with the claiming process as `owner`), so several processes sharing
+the database send it only once; a row whose owner died while it was leased is sent again at once
+(`resend_abandoned`). Inside a caller's transaction the row commits with it (a halt and the
+question to its owner) and the attempt follows the commit.
 
 Channels: apprise, for the configured URLs; without URLs, the log (this logger, at the level of
 the severity: info, warning, error for a failure, critical).
@@ -19,12 +22,13 @@ import threading
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from ._faults import crash_point
 from .clock import Clock, iso
 from .config import redacted
 from .errors import FaztAgentError
 from .event_types import NotificationFailed, NotificationSent
 from .events import EventLog
-from .store import Store
+from .store import Store, owner, stale
 
 if TYPE_CHECKING:
     import apprise
@@ -67,10 +71,12 @@ class Notifications:
         self._apprise: apprise.Apprise | None = None
         self._invalid: list[str] = []           # redacted URLs apprise refused
         self._build_lock = asyncio.Lock()
+        self.me = owner()
 
     async def notify(self, title: str, body: str, *, severity: str = "info",
                      halt_id: int | None = None, incident_id: int | None = None) -> int:
-        """Queue a notification and try to send it now; returns its id.
+        """Queue a notification and try to send it now — inside a caller's transaction, once that
+        commits; returns its id.
 
         A delivery failure does not raise: the notification stays pending and is retried.
 
@@ -84,11 +90,11 @@ class Notifications:
         async with self.store.transaction() as db:
             cur = await db.execute(
                 "INSERT INTO notifications(title, body, severity, halt_id, incident_id, status, attempts,"
-                " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-                (title, body, severity, halt_id, incident_id, iso(now), lease))
+                " created_at, next_attempt_at, owner) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+                (title, body, severity, halt_id, incident_id, iso(now), lease, self.me))
             notification_id = cur.lastrowid
-        assert notification_id is not None
-        await self._attempt(notification_id)
+            assert notification_id is not None
+            await self.store.after_commit(lambda: self._attempt(notification_id))
         return notification_id
 
     async def deliver_due(self, now: datetime | None = None) -> int:
@@ -103,6 +109,21 @@ class Notifications:
                 attempted += 1
         return attempted
 
+    async def resend_abandoned(self, now: datetime | None = None) -> list[int]:
+        """Send now the pending notifications whose attempt a process that is gone had taken (it was
+        killed between writing and sending, or mid-send); returns their ids. A row waiting out its
+        backoff after a failed attempt has no owner: it keeps its time."""
+        at = now or self.clock.now()
+        rows = await self.store.fetchall(
+            "SELECT id, next_attempt_at, owner FROM notifications WHERE status = 'pending' AND next_attempt_at > ?"
+            " AND owner IS NOT NULL ORDER BY id", (iso(at),))
+        sent = []
+        for row in rows:
+            if stale(row["owner"], None, at) and await self._claim(row["id"], row["next_attempt_at"]):
+                await self._attempt(row["id"])
+                sent.append(row["id"])
+        return sent
+
     async def pending(self) -> list[dict[str, Any]]:
         """The notifications still waiting to be sent, oldest first."""
         rows = await self.store.fetchall(
@@ -113,8 +134,8 @@ class Notifications:
     async def _claim(self, notification_id: int, seen_next_attempt_at: str) -> bool:
         """Take the row for one attempt; False when another process took it first."""
         changed = await self.store.execute(
-            "UPDATE notifications SET next_attempt_at = ? WHERE id = ? AND status = 'pending'"
-            " AND next_attempt_at = ?", (iso(self.clock.now() + LEASE), notification_id, seen_next_attempt_at))
+            "UPDATE notifications SET next_attempt_at = ?, owner = ? WHERE id = ? AND status = 'pending'"
+            " AND next_attempt_at = ?", (iso(self.clock.now() + LEASE), self.me, notification_id, seen_next_attempt_at))
         return changed == 1
 
     async def _attempt(self, notification_id: int) -> None:
@@ -130,13 +151,15 @@ class Notifications:
             log.exception("notification channel %s crashed", self.channel)
             error = f"the {self.channel} channel crashed: {type(e).__name__}: {e}"
         else:
+            crash_point("notification.sent")
             now = iso(self.clock.now())
-            await self.store.execute(
-                "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = ?, next_attempt_at = ?"
-                " WHERE id = ?", (now, attempt, now, notification_id))
-            await self.events.emit("notification.sent", NotificationSent(
-                notification_id=notification_id, channel=self.channel, title=row["title"], attempts=attempt,
-                halt_id=row["halt_id"]), source="notify", incident_id=row["incident_id"])
+            async with self.store.transaction():   # the row and its event together
+                await self.store.execute(
+                    "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = ?, next_attempt_at = ?"
+                    " WHERE id = ?", (now, attempt, now, notification_id))
+                await self.events.emit("notification.sent", NotificationSent(
+                    notification_id=notification_id, channel=self.channel, title=row["title"], attempts=attempt,
+                    halt_id=row["halt_id"]), source="notify", incident_id=row["incident_id"])
             return
         error = self._scrub(error)
         now_dt = self.clock.now()
@@ -144,13 +167,15 @@ class Notifications:
         next_at = now_dt if gave_up else now_dt + backoff(attempt)
         log.warning("notification #%d not sent (attempt %d, %s): %s", notification_id, attempt,
                     "giving up" if gave_up else f"next at {iso(next_at)}", error)
-        await self.store.execute(
-            "UPDATE notifications SET status = ?, attempts = ?, last_error = ?, next_attempt_at = ?"
-            " WHERE id = ?", ("gave_up" if gave_up else "pending", attempt, error, iso(next_at), notification_id))
-        await self.events.emit("notification.failed", NotificationFailed(
-            notification_id=notification_id, attempt=attempt, error=error,
-            next_attempt_at=None if gave_up else iso(next_at), gave_up=gave_up),
-            source="notify", incident_id=row["incident_id"])
+        async with self.store.transaction():
+            await self.store.execute(
+                "UPDATE notifications SET status = ?, attempts = ?, last_error = ?, next_attempt_at = ?,"
+                " owner = NULL WHERE id = ?",
+                ("gave_up" if gave_up else "pending", attempt, error, iso(next_at), notification_id))
+            await self.events.emit("notification.failed", NotificationFailed(
+                notification_id=notification_id, attempt=attempt, error=error,
+                next_attempt_at=None if gave_up else iso(next_at), gave_up=gave_up),
+                source="notify", incident_id=row["incident_id"])
 
     def _scrub(self, text: str) -> str:
         for url in self.urls:

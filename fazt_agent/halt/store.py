@@ -8,6 +8,12 @@ exactly one through; the losers get a `HaltError` that says what happened instea
                    ├─────expiry───▶ expired (answer = the default, by "timeout")
                    └─────cancel───▶ cancelled
     execution:  NULL ──claim──▶ claimed ──finish──▶ done | replanned
+
+A state change and its event commit in one transaction (joined to the caller's, if any), so a crash
+never leaves a halt without its `halt.requested` or an answer without its `halt.answered`. An
+approval is recorded together with the claim of its execution by the answering process (`owner`,
+with a lease), so nobody else runs it while that process lives; `take_over` hands the execution of
+a halt whose claimant died to the reconciler (`Engine.reconcile`).
 """
 
 from __future__ import annotations
@@ -17,20 +23,22 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, NoReturn, Sequence
+from typing import Any, Awaitable, Callable, Literal, NoReturn, Sequence
 
+from .._faults import crash_point
 from ..clock import Clock, iso, parse_iso
 from ..errors import FaztAgentError
 from ..event_types import HaltAnswered, HaltAnswerRefused, HaltExpired, HaltReminded, HaltRequested
 from ..events import EventLog
 from ..kernel.base import Plan
-from ..store import Store
+from ..store import LEASE, Store, owner
 
 Status = Literal["pending", "answered", "expired", "cancelled"]
 Execution = Literal["claimed", "done", "replanned"]
 OPTION = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MAX_OPTIONS = 10
 MIN_REMIND_BEFORE = 60.0
+Then = Callable[["Halt"], Awaitable[None]]
 
 
 class HaltError(FaztAgentError):
@@ -58,6 +66,8 @@ class Halt:
     answered_at: datetime | None
     execution: Execution | None
     action_id: int | None
+    owner: str | None = None          # the process that claimed the execution
+    lease_until: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         def ts(value: datetime | None) -> str | None:
@@ -79,6 +89,7 @@ class HaltStore:
         self.store = store
         self.events = events
         self.clock = clock
+        self.me = owner()
 
     async def create(self, *, plan: Plan, title: str, body: str, options: Sequence[str] = ("approve", "deny"),
                      default: str = "deny", expires_in: float = 86400, remind_before: float | None = None,
@@ -110,18 +121,20 @@ class HaltStore:
         before = remind_before if remind_before is not None else max(0.2 * expires_in, MIN_REMIND_BEFORE)
         remind_at = expires_at - timedelta(seconds=before)
         remind = iso(remind_at) if now < remind_at < expires_at else None
-        async with self.store.transaction() as db:
+        async with self.store.transaction() as db:   # the halt and its event commit together
             cur = await db.execute(
                 "INSERT INTO halts(incident_id, rule, title, body, plan, options, default_option, status,"
                 " created_at, expires_at, remind_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 (incident_id, rule, title, body, json.dumps(plan.to_json()), json.dumps(options), default,
                  iso(now), iso(expires_at), remind))
             halt_id = cur.lastrowid
-        assert halt_id is not None
-        await self.events.emit("halt.requested", HaltRequested(
-            halt_id=halt_id, action=plan.action, summary=plan.summary, options=options, default=default,
-            expires_at=iso(expires_at)), source="halts", incident_id=incident_id)
-        return await self._must_get(halt_id)
+            assert halt_id is not None
+            crash_point("halt.row")
+            await self.events.emit("halt.requested", HaltRequested(
+                halt_id=halt_id, action=plan.action, summary=plan.summary, options=options, default=default,
+                expires_at=iso(expires_at)), source="halts", incident_id=incident_id)
+            crash_point("halt.requested")
+            return await self._must_get(halt_id)
 
     async def get(self, halt_id: int) -> Halt | None:
         row = await self.store.fetchone("SELECT * FROM halts WHERE id = ?", (halt_id,))
@@ -133,9 +146,28 @@ class HaltStore:
         rows = await self.store.fetchall(f"SELECT * FROM halts {where} ORDER BY id DESC LIMIT ?", [*params, limit])
         return [_from_row(r) for r in rows]
 
-    async def answer(self, halt_id: int, option: str, *, by: str, note: str | None = None) -> Halt:
+    async def unfinished(self) -> builtins.list[Halt]:
+        """Approved halts whose execution has not ended: claimed, or never claimed (an approval or
+        an expiry whose default acts, cut off before its run), oldest first."""
+        rows = await self.store.fetchall(
+            "SELECT * FROM halts WHERE execution = 'claimed' OR (execution IS NULL AND"
+            " ((status = 'answered' AND answer = 'approve') OR (status = 'expired' AND answer != 'deny')))"
+            " ORDER BY id")
+        return [_from_row(r) for r in rows]
+
+    async def unasked(self) -> builtins.list[Halt]:
+        """Pending halts without any notification: their owner was never asked."""
+        rows = await self.store.fetchall(
+            "SELECT * FROM halts h WHERE status = 'pending' AND NOT EXISTS"
+            " (SELECT 1 FROM notifications n WHERE n.halt_id = h.id) ORDER BY id")
+        return [_from_row(r) for r in rows]
+
+    async def answer(self, halt_id: int, option: str, *, by: str, note: str | None = None,
+                     claim: bool = False) -> Halt:
         """Answer a pending halt; only the first answer counts. Emits `halt.answered`, or
         `halt.answer_refused` (with `by`, the channel, and the reason) for an answer that does not count.
+        With `claim`, the answer also claims the execution for this process (in the same UPDATE):
+        whoever approves runs the plan, and nobody else does while this process lives.
 
         Raises:
             HaltError: no such halt, `option` is not one of its options, or it was already
@@ -149,14 +181,21 @@ class HaltStore:
             await self._refuse(halt_id, halt.incident_id, option, by,
                                f"{option[:64]!r} is not an option of halt #{halt_id}; "
                                f"answer one of: {', '.join(halt.options)}")
-        now = iso(self.clock.now())
-        changed = await self.store.execute(
-            "UPDATE halts SET status = 'answered', answer = ?, answered_by = ?, note = ?, answered_at = ?"
-            " WHERE id = ? AND status = 'pending' AND expires_at > ?", (option, by, note, now, halt_id, now))
-        if not changed:
+        at = self.clock.now()
+        now = iso(at)
+        claimed = ("claimed", self.me, iso(at + timedelta(seconds=LEASE))) if claim else (None, None, None)
+        async with self.store.transaction() as db:   # the answer and its event commit together
+            cur = await db.execute(
+                "UPDATE halts SET status = 'answered', answer = ?, answered_by = ?, note = ?, answered_at = ?,"
+                " execution = ?, owner = ?, lease_until = ? WHERE id = ? AND status = 'pending' AND expires_at > ?",
+                (option, by, note, now, *claimed, halt_id, now))
+            if cur.rowcount:
+                await self.events.emit("halt.answered", HaltAnswered(halt_id=halt_id, option=option, by=by,
+                                                                     note=note),
+                                       source="halts", incident_id=halt.incident_id)
+        if not cur.rowcount:
             await self._refuse(halt_id, halt.incident_id, option, by, _why_closed(await self._must_get(halt_id)))
-        await self.events.emit("halt.answered", HaltAnswered(halt_id=halt_id, option=option, by=by, note=note),
-                               source="halts", incident_id=halt.incident_id)
+        crash_point("halt.answered")
         return await self._must_get(halt_id)
 
     async def _refuse(self, halt_id: int, incident_id: int | None, option: str, by: str, reason: str) -> NoReturn:
@@ -166,30 +205,35 @@ class HaltStore:
                                source="halts", incident_id=incident_id)
         raise HaltError(reason)
 
-    async def expire_due(self, now: datetime | None = None) -> builtins.list[Halt]:
+    async def expire_due(self, now: datetime | None = None, then: Then | None = None) -> builtins.list[Halt]:
         """Expire the pending halts whose time is up, answering them with their default.
 
-        Emits `halt.expired` for each; returns them so the caller applies the defaults.
+        Emits `halt.expired` for each; `then(halt)` runs in the same transaction (the owner's
+        notice); returns them so the caller applies the defaults.
         """
         at = iso(now or self.clock.now())
         rows = await self.store.fetchall(
             "SELECT id FROM halts WHERE status = 'pending' AND expires_at <= ? ORDER BY id", (at,))
         expired = []
         for row in rows:
-            changed = await self.store.execute(
-                "UPDATE halts SET status = 'expired', answer = default_option, answered_by = 'timeout',"
-                " answered_at = ? WHERE id = ? AND status = 'pending' AND expires_at <= ?", (at, row["id"], at))
-            if changed:
-                halt = await self._must_get(row["id"])
-                await self.events.emit("halt.expired", HaltExpired(halt_id=halt.id, default=halt.default_option),
-                                       source="halts", incident_id=halt.incident_id)
-                expired.append(halt)
+            async with self.store.transaction() as db:
+                cur = await db.execute(
+                    "UPDATE halts SET status = 'expired', answer = default_option, answered_by = 'timeout',"
+                    " answered_at = ? WHERE id = ? AND status = 'pending' AND expires_at <= ?", (at, row["id"], at))
+                if cur.rowcount:
+                    halt = await self._must_get(row["id"])
+                    await self.events.emit("halt.expired", HaltExpired(halt_id=halt.id, default=halt.default_option),
+                                           source="halts", incident_id=halt.incident_id)
+                    if then is not None:
+                        await then(halt)
+                    expired.append(halt)
         return expired
 
-    async def remind_due(self, now: datetime | None = None) -> builtins.list[Halt]:
+    async def remind_due(self, now: datetime | None = None, then: Then | None = None) -> builtins.list[Halt]:
         """Mark the pending halts whose reminder is due as reminded (once each).
 
-        Emits `halt.reminded` for each; returns them so the caller sends the reminders.
+        Emits `halt.reminded` for each; `then(halt)` (the reminder itself) runs in the same
+        transaction; returns them.
         """
         at = iso(now or self.clock.now())
         rows = await self.store.fetchall(
@@ -197,23 +241,45 @@ class HaltStore:
             " AND expires_at > ? ORDER BY id", (at, at))
         reminded = []
         for row in rows:
-            changed = await self.store.execute(
-                "UPDATE halts SET reminded_at = ? WHERE id = ? AND status = 'pending' AND reminded_at IS NULL",
-                (at, row["id"]))
-            if changed:
-                halt = await self._must_get(row["id"])
-                await self.events.emit("halt.reminded", HaltReminded(
-                    halt_id=halt.id, expires_at=iso(halt.expires_at)), source="halts", incident_id=halt.incident_id)
-                reminded.append(halt)
+            async with self.store.transaction() as db:
+                cur = await db.execute(
+                    "UPDATE halts SET reminded_at = ? WHERE id = ? AND status = 'pending' AND reminded_at IS NULL",
+                    (at, row["id"]))
+                if cur.rowcount:
+                    halt = await self._must_get(row["id"])
+                    await self.events.emit("halt.reminded", HaltReminded(
+                        halt_id=halt.id, expires_at=iso(halt.expires_at)), source="halts",
+                        incident_id=halt.incident_id)
+                    if then is not None:
+                        await then(halt)
+                    reminded.append(halt)
         return reminded
 
     async def claim_execution(self, halt_id: int) -> bool:
         """Take the right to carry out an answered halt (or an expired one whose default is not
-        `deny`); True for exactly one caller."""
+        `deny`) for this process, under a lease; True for exactly one caller."""
         changed = await self.store.execute(
-            "UPDATE halts SET execution = 'claimed' WHERE id = ? AND execution IS NULL"
-            " AND (status = 'answered' OR (status = 'expired' AND answer != 'deny'))", (halt_id,))
+            "UPDATE halts SET execution = 'claimed', owner = ?, lease_until = ? WHERE id = ? AND execution IS NULL"
+            " AND (status = 'answered' OR (status = 'expired' AND answer != 'deny'))",
+            (self.me, self._lease(), halt_id))
         return changed == 1
+
+    async def take_over(self, halt: Halt) -> bool:
+        """Claim the execution of an approved halt that nobody is carrying out (`halt` as just read:
+        never claimed, or claimed by a process that is gone); True for exactly one caller."""
+        changed = await self.store.execute(
+            "UPDATE halts SET execution = 'claimed', owner = ?, lease_until = ? WHERE id = ? AND execution IS ?"
+            " AND owner IS ? AND (status = 'answered' OR (status = 'expired' AND answer != 'deny'))",
+            (self.me, self._lease(), halt.id, halt.execution, halt.owner))
+        return changed == 1
+
+    async def renew(self, halt_id: int) -> None:
+        """Keep this process's claim on a halt's execution (while it re-plans a large plan)."""
+        await self.store.execute("UPDATE halts SET lease_until = ? WHERE id = ? AND owner = ? AND execution = 'claimed'",
+                                 (self._lease(), halt_id, self.me))
+
+    def _lease(self) -> str:
+        return iso(self.clock.now() + timedelta(seconds=LEASE))
 
     async def finish_execution(self, halt_id: int, *, result: Literal["done", "replanned"],
                                action_id: int | None = None) -> None:
@@ -243,16 +309,18 @@ class HaltStore:
         Raises:
             HaltError: no such halt, or it is no longer pending.
         """
-        changed = await self.store.execute(
-            "UPDATE halts SET status = 'cancelled', note = ?, answered_at = ? WHERE id = ? AND status = 'pending'",
-            (reason, iso(self.clock.now()), halt_id))
-        halt = await self.get(halt_id)
+        async with self.store.transaction() as db:   # the cancellation and its event commit together
+            cur = await db.execute(
+                "UPDATE halts SET status = 'cancelled', note = ?, answered_at = ? WHERE id = ? AND status = 'pending'",
+                (reason, iso(self.clock.now()), halt_id))
+            halt = await self.get(halt_id)
+            if halt is not None and cur.rowcount:
+                await self.events.emit("halt.cancelled", {"halt_id": halt_id, "reason": reason}, source="halts",
+                                       incident_id=halt.incident_id)
         if halt is None:
             raise HaltError(f"there is no halt #{halt_id}")
-        if not changed:
+        if not cur.rowcount:
             raise HaltError(_why_closed(halt))
-        await self.events.emit("halt.cancelled", {"halt_id": halt_id, "reason": reason}, source="halts",
-                               incident_id=halt.incident_id)
         return halt
 
     async def _must_get(self, halt_id: int) -> Halt:
@@ -283,4 +351,5 @@ def _from_row(r: Any) -> Halt:
                 answered_by=r["answered_by"], note=r["note"], created_at=parse_iso(r["created_at"]),
                 expires_at=parse_iso(r["expires_at"]), remind_at=ts(r["remind_at"]),
                 reminded_at=ts(r["reminded_at"]), answered_at=ts(r["answered_at"]),
-                execution=r["execution"], action_id=r["action_id"])
+                execution=r["execution"], action_id=r["action_id"], owner=r["owner"],
+                lease_until=ts(r["lease_until"]))

@@ -4,6 +4,7 @@ puts the caller's scope check in front of it; `Audit` records every call as an `
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, cast
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 from mcp_types import ToolAnnotations
 
 from ..errors import FaztAgentError
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from ..engine import Engine
     from ..runtime import Runtime
 
+log = logging.getLogger(__name__)
 Transport = Literal["stdio", "http"]
 
 
@@ -103,6 +106,11 @@ def guarded(name: str, spec: ToolSpec) -> Callable[..., Awaitable[Any]]:
             return await spec.fn(**kwargs)
         except FaztAgentError as e:  # our errors say what was wrong and how to fix it
             raise ToolError(str(e)) from None
+        except (ToolError, MCPError):
+            raise
+        except Exception as e:  # a bug or a damaged database: an error result and its mcp.call event, one log line
+            log.error("MCP tool %s failed: %s: %s", name, type(e).__name__, e)
+            raise ToolError(f"{name} failed: {type(e).__name__}: {e}") from None
 
     return call
 

@@ -6,6 +6,11 @@ mid-call on protocol revisions up to 2025-11-25, or with an `InputRequiredResult
 answers and retries on 2026-07-28 and later — and the answer goes to `Executor.answer` as the
 caller's answer to that halt, so it is recorded and carried out exactly once. Any other client
 gets the halt's id to answer later.
+
+What a call sets going — an approved plan, an action the gate lets act — is held (`Store.hold`):
+it runs to its end and is recorded even when the client goes away or the server stops (the daemon
+died and the worker's stdin closed), and the server closes its store only after it. Meanwhile the
+action row names this process as its owner, so a restarting daemon leaves it alone.
 """
 
 from __future__ import annotations
@@ -75,8 +80,9 @@ async def fazt_action_run(ctx: Context, name: ActionName,
     resumed = _resumed(ctx)
     if resumed is not None:
         return await _settle(deps, resumed, who, _answered(ctx))
-    d = await deps.engine.gate(Proposal(name, args or {}, None, "manual", f"requested over MCP by {who.name}"),
-                               incident=None, trigger="manual", requested_by=who.by)
+    d = await deps.rt.store.hold(deps.engine.gate(
+        Proposal(name, args or {}, None, "manual", f"requested over MCP by {who.name}"), incident=None,
+        trigger="manual", requested_by=who.by))
     result = ActionRunResult(verdict=d.verdict, reason=d.reason, plan=PlanOut(**d.plan) if d.plan else None,
                              paused=d.paused, action_id=d.action_id, outcome=d.outcome, halt_id=d.halt_id,
                              approval="pending" if d.halt_id is not None else None)
@@ -143,7 +149,7 @@ async def fazt_agent_resume(ctx: Context) -> PauseState:
 # -- approvals ------------------------------------------------------------------------------
 
 async def _answer(deps: Deps, halt_id: int, option: str, who: Caller, note: str | None) -> HaltAnswerResult:
-    r = await deps.engine.executor.answer(halt_id, option, by=who.by, note=note)
+    r = await deps.rt.store.hold(deps.engine.executor.answer(halt_id, option, by=who.by, note=note))
     halt = await deps.engine.executor.halts.get(halt_id)
     assert halt is not None
     return HaltAnswerResult(halt=halt_out(halt.to_json(), deps.rt.clock.now()), executed=r["executed"],
