@@ -63,6 +63,7 @@ def plane(ops: Ops) -> Iterator[Plane]:
         yield p
     finally:
         p.client.close()
+        proc = p.proc   # a test may have restarted the daemon: stop the one running now
         proc.send_signal(signal.SIGTERM)
         try:
             proc.communicate(timeout=10)

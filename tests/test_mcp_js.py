@@ -79,7 +79,7 @@ def test_the_typescript_sdk_client_over_stdio_lists_and_calls_tools_and_reads_re
                                                                                        "changed": True}
     assert autonomy["structuredContent"]["detail"]["summary"].startswith("medium (set by mcp:stdio at ")
     assert ask["isError"] is True and "the LLM is not configured" in ask["content"][0]["text"]
-    assert len(resources["resources"]) == 7
+    assert len(resources["resources"]) == 8
     assert json.loads(halts["contents"][0]["text"]) == {"halts": []}
     assert {p["name"] for p in prompts["prompts"]} == {"diagnose", "weekly_report", "explain_decision"}
     assert diagnose["messages"][0]["role"] == "user"

@@ -104,7 +104,7 @@ async def test_resources_and_prompts_are_served_and_the_config_resource_hides_se
         with pytest.raises(MCPError, match="there is no event 999"):
             await client.get_prompt("explain_decision", {"event_id": "999"})
     assert uris == {"fazt://pulse/status", "fazt://pulse/history", "fazt://events/recent", "fazt://incidents",
-                    "fazt://halts/pending", "fazt://policies", "fazt://config"}
+                    "fazt://halts/pending", "fazt://policies", "fazt://config", "fazt://apps"}
     assert secret not in config and "json://***" in config
     assert '"rules"' in policies and "directory-pressure" in policies
     assert '"results"' in status
