@@ -181,4 +181,22 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX results_problems ON results(ts) WHERE status != 'ok'
     """,
+    # 7: answer channels (issue 12): a notification row per channel and what it is about (`kind`:
+    # request, reminder, answered, expired, cancelled), with the channel's own id of what it posted
+    # (`ref`: a Slack message, an email Message-ID) so an answer elsewhere can update it; the channel
+    # a halt was answered through (`answered_via`); and what
+    # each channel already processed (a Slack envelope, an email, a link): at-least-once delivery
+    # answered at most once, across restarts
+    """
+    ALTER TABLE notifications ADD COLUMN channel TEXT NOT NULL DEFAULT 'main';
+    ALTER TABLE notifications ADD COLUMN kind TEXT;
+    ALTER TABLE notifications ADD COLUMN ref TEXT;
+    ALTER TABLE halts ADD COLUMN answered_via TEXT;
+    CREATE TABLE inbound (
+        channel  TEXT NOT NULL,
+        key      TEXT NOT NULL,
+        seen_at  TEXT NOT NULL,
+        PRIMARY KEY (channel, key)
+    ) WITHOUT ROWID
+    """,
 ]

@@ -69,6 +69,10 @@ class HttpSection(Model):
     allowed_hosts: list[str] = Field(default_factory=list)     # more Host values /mcp accepts ("HOST:PORT")
     allowed_origins: list[str] = Field(default_factory=list)   # more Origin values ("https://HOST")
     mcp_idle: Duration = 900.0   # stop the MCP worker process after this long without requests; 0 = never
+    # how the owner reaches this listener (a reverse proxy or tunnel), e.g. "https://agent.example.com":
+    # halt notifications then carry signed links, one per option
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    link_expiry: Duration = 86400.0   # a signed link's lifetime (never beyond its halt's expiry)
 
     @field_validator("listen")
     @classmethod
@@ -85,6 +89,48 @@ class HttpSection(Model):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+class OwnerSection(Model):
+    """A person who may answer halts, and how each channel knows them (`[[owners]]`)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+    email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")   # the From of their replies
+    slack: str | None = Field(None, pattern=r"^[UW][A-Z0-9]{2,20}$")  # their Slack user ID
+
+
+class SlackSection(Model):
+    """Halts posted to Slack with a button per option (`answer/slack.py`); off without `bot_token`.
+
+    Socket Mode (`app_token`, an `xapp-` token) needs no public URL; the HTTP interactivity
+    endpoint `/slack/interactivity` needs `signing_secret`. Both may be on."""
+
+    bot_token: str | None = None         # xoxb-..., from the environment: "${SLACK_BOT_TOKEN}"
+    app_token: str | None = None         # xapp-..., Socket Mode
+    signing_secret: str | None = None    # the HTTP interactivity endpoint
+    channel: str | None = None           # where halts are posted (an ID such as C0123 or a name)
+    api_url: str = Field("https://slack.com/api/", pattern=r"^https?://")
+
+
+class EmailSection(Model):
+    """Halts sent by SMTP and answered by replies read over IMAP IDLE (`answer/email.py`); off
+    without `smtp_host`. `address` is the agent's own mailbox: replies go to its plus-address
+    (`agent+halt-ID-MAC@domain`)."""
+
+    address: str | None = Field(None, pattern=r"^[^@\s+]+@[^@\s]+$")
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_username: str | None = None
+    smtp_password: str | None = None     # from the environment: "${SMTP_PASSWORD}"
+    imap_host: str | None = None
+    imap_port: int = Field(993, ge=1, le=65535)
+    imap_tls: bool = True
+    imap_username: str | None = None
+    imap_password: str | None = None     # from the environment: "${IMAP_PASSWORD}"
+    mailbox: str = "INBOX"
+    dkim: bool = True                    # accept replies whose DKIM signature verifies
+    authserv_id: str | None = None       # ... or that this server's Authentication-Results says pass
 
 
 class AppsSection(Model):
@@ -226,6 +272,19 @@ class Config:
     @property
     def llm_ready(self) -> bool:
         """Whether decisions may ask the LLM (else the rules planner decides alone)."""
+    owners: list[OwnerSection] = Field(default_factory=list)
+    slack: SlackSection = SlackSection()
+    email: EmailSection = EmailSection()
+
+    @field_validator("owners")
+    @classmethod
+    def _unique_owners(cls, v: list[OwnerSection]) -> list[OwnerSection]:
+        for attr in ("name", "email", "slack"):
+            seen = [getattr(o, attr).lower() for o in v if getattr(o, attr)]
+            dup = sorted({x for x in seen if seen.count(x) > 1})
+            if dup:
+                raise ValueError(f"two owners share the {attr} {dup[0]!r}; each must be one person's")
+        return v
         return self.file.llm.enabled and self.llm_key is not None
 
     @property

@@ -81,6 +81,9 @@ class Daemon:
 
         self.engine = Engine(rt, spawn=self.spawn)
         self.after_beat.insert(0, self.engine.on_beat)
+        from .answer.core import Answers
+
+        self.answers = Answers(self.engine.executor, rt.config)   # every channel's way to answer a halt
         for warning in rt.config.warnings:
             log.warning("%s", warning)
         await self._start_following_autonomy(rt)

@@ -165,8 +165,9 @@ class HaltRequested(EventData):
 class HaltAnswered(EventData):
     halt_id: int
     option: str
-    by: str
+    by: str                           # the owner (or `cli`, `mcp:TOKEN`)
     note: str | None = None
+    channel: str | None = None        # cli, mcp, web, link, slack, email (None: before channels existed)
 
 
 @event_type("halt.expired")
@@ -254,10 +255,11 @@ class HaltAnswerRefused(EventData):
     """An answer that did not count (already answered, expired, cancelled, not an option, no such
     halt): the audit trail keeps who tried what, through which channel (`cli`, `mcp:TOKEN`)."""
 
-    halt_id: int
+    halt_id: int | None               # None: the answer named no halt we could trust (a forged link)
     option: str
     by: str
     reason: str
+    channel: str | None = None
 
 
 class ActionRetryData(EventData):

@@ -60,7 +60,10 @@ class Executor:
     def __init__(self, rt: Runtime):
         self.rt = rt
         self.clock = rt.clock
-        self.notifications = Notifications(rt.store, rt.events, rt.clock, list(rt.config.file.notify.urls))
+        from .answer.channels import build_channels, links_decorator
+
+        self.notifications = Notifications(rt.store, rt.events, rt.clock, list(rt.config.file.notify.urls),
+                                           channels=build_channels(rt.config), decorate=links_decorator(rt.config))
         self.halts = HaltStore(rt.store, rt.events, rt.clock)
         self.incidents = IncidentStore(rt.store, rt.events, rt.clock)
         self.host = rt.config.agent.name or socket.gethostname()
@@ -147,7 +150,7 @@ class Executor:
             if older.incident_id == incident.id and older.id != halt.id:
                 try:
                     await self.halts.cancel(older.id, f"superseded by halt #{halt.id} "
-                                                      f"(the incident is {incident.severity} now)")
+                                                      f"(the incident is {incident.severity} now)", then=self.closed)
                 except HaltError:
                     pass  # answered or expired meanwhile: that answer stands
 
@@ -172,7 +175,7 @@ class Executor:
                                                 f"{expires:%Y-%m-%d %H:%M} UTC", self.personality, self.host)
             await self.halts.set_text(halt.id, title, body)
             await self.notifications.notify(title, body, severity="warning", halt_id=halt.id,
-                                            incident_id=incident.id if incident else None)
+                                            incident_id=incident.id if incident else None, kind="request")
         return replace(halt, title=title, body=body)
 
     # -- actions -------------------------------------------------------------------------
@@ -405,7 +408,7 @@ class Executor:
             for halt in await self.halts.list(status="pending"):
                 if halt.incident_id == incident.id:
                     try:
-                        await self.halts.cancel(halt.id, "the incident resolved by itself")
+                        await self.halts.cancel(halt.id, "the incident resolved by itself", then=self.closed)
                     except HaltError:
                         pass  # answered or expired meanwhile: that answer stands
             if incident.last_verdict in ("notify", "ask", "deny"):
@@ -427,14 +430,17 @@ class Executor:
 
     # -- halts ---------------------------------------------------------------------------
 
-    async def answer(self, halt_id: int, option: str, *, by: str, note: str | None = None) -> dict[str, Any]:
+    async def answer(self, halt_id: int, option: str, *, by: str, note: str | None = None,
+                     channel: str | None = None) -> dict[str, Any]:
         """Record the owner's answer (exactly once) and, on approve, run the plan. An approval claims
-        the execution for this process in the same write, so the plan runs here, once.
+        the execution for this process in the same write, so the plan runs here, once. Every channel
+        is told who answered, in the same transaction (the Slack message loses its buttons).
 
         Raises:
             HaltError: no such halt, already answered, expired, or not one of its options.
         """
-        halt = await self.halts.answer(halt_id, option, by=by, note=note, claim=option == "approve")
+        halt = await self.halts.answer(halt_id, option, by=by, note=note, claim=option == "approve",
+                                       channel=channel or by.partition(":")[0], then=self.closed)
         result: dict[str, Any] = {"halt": halt.to_json(), "executed": False}
         if option == "approve":
             result.update(await self.run_halt(halt, requested_by=by, claimed=True))
@@ -479,6 +485,14 @@ class Executor:
         return {"executed": True, "action_id": action_id, "ok": state == "succeeded", "state": state,
                 "changed": outcome.changed, "message": outcome.message, "details": outcome.details}
 
+    async def closed(self, halt: Halt) -> None:
+        """Tell every channel a halt is over (answered, expired to its default, or withdrawn): in the
+        transaction that closed it, so no channel keeps asking."""
+        title, body = messages.halt_closed(halt, self.host)
+        kind = {"answered": "answered", "expired": "expired"}.get(halt.status, "cancelled")
+        await self.notifications.notify(title, body, severity="warning" if kind == "expired" else "info",
+                                        halt_id=halt.id, incident_id=halt.incident_id, kind=kind)
+
     async def _renew_claim(self, halt_id: int) -> None:
         """Keep this process's claim on a halt fresh while it re-plans (a large cleanup plans for a while)."""
         while True:
@@ -495,16 +509,10 @@ class Executor:
 
         async def remind(halt: Halt) -> None:
             title, body = messages.halt_reminder(halt, self.personality, self.host)
-            await self.notifications.notify(title, body, severity="warning", halt_id=halt.id)
-
-        async def expired(halt: Halt) -> None:
-            await self.notifications.notify(
-                f"[{self.host}] expired: {halt.plan.summary}",
-                f"Halt {halt.id} got no answer by {halt.expires_at:%Y-%m-%d %H:%M} UTC; "
-                f"the default '{halt.default_option}' applied.", severity="info", halt_id=halt.id)
+            await self.notifications.notify(title, body, severity="warning", halt_id=halt.id, kind="reminder")
 
         await self.halts.remind_due(now, then=remind)
-        for halt in await self.halts.expire_due(now, then=expired):
+        for halt in await self.halts.expire_due(now, then=self.closed):
             if halt.default_option == "approve":
                 await self.run_halt(halt, requested_by="timeout")
 

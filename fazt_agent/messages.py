@@ -96,6 +96,23 @@ def halt_reminder(halt: Halt, personality: Personality, host: str) -> tuple[str,
     return title, body
 
 
+def halt_closed(halt: Halt, host: str) -> tuple[str, str]:
+    """Every channel's notice that a halt is over: who answered what, through which channel, when
+    (or that it expired to its default, or was withdrawn)."""
+    when = f"{halt.answered_at:%Y-%m-%d %H:%M} UTC" if halt.answered_at else "?"
+    if halt.status == "answered":
+        title = f"[{host}] answered: {halt.answer} by {halt.answered_by_via}: {halt.plan.summary}"
+        body = f"Halt {halt.id} was answered '{halt.answer}' by {halt.answered_by_via} at {when}."
+    elif halt.status == "expired":
+        title = f"[{host}] expired: {halt.plan.summary}"
+        body = (f"Halt {halt.id} got no answer by {halt.expires_at:%Y-%m-%d %H:%M} UTC; "
+                f"the default '{halt.default_option}' applied.")
+    else:
+        title = f"[{host}] withdrawn: {halt.plan.summary}"
+        body = f"Halt {halt.id} was withdrawn at {when}: {halt.note}. Nothing to answer."
+    return title, body
+
+
 def action_report(summary: str, ok: bool, message: str, incident: Incident | None, host: str,
                   changed: bool = True) -> tuple[str, str]:
     """An action's result. One that went without error but changed nothing is "nothing done", never "done"."""

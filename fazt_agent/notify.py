@@ -8,8 +8,13 @@ the database send it only once; a row whose owner died while it was leased is se
 (`resend_abandoned`). Inside a caller's transaction the row commits with it (a halt and the
 question to its owner) and the attempt follows the commit.
 
-Channels: apprise, for the configured URLs; without URLs, the log (this logger, at the level of
-the severity: info, warning, error for a failure, critical).
+Channels: the main one is apprise, for the configured URLs, or without URLs the log (this logger,
+at the level of the severity: info, warning, error for a failure, critical); it carries every
+notification, and a halt's request and reminder with its signed links (`answer/links.py`) when
+`[http] public_url` is set. The answer channels (`answer/`: Slack, email) get their own row of
+every notification about a halt (`kind`: request, reminder, answered, expired, cancelled), are
+retried the same way, and keep what they posted (`ref`) so a later row can update it — the Slack
+message loses its buttons once the halt is answered anywhere.
 URLs carry secrets (tokens, passwords): they are never logged nor stored; errors name a channel
 by `config.redacted(url)`.
 """
@@ -19,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from ._faults import crash_point
 from .clock import Clock, iso
@@ -32,6 +38,8 @@ from .store import Store, owner, stale
 
 if TYPE_CHECKING:
     import apprise
+
+    from .halt.store import Halt
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,37 @@ SEND_TIMEOUT = 60.0                   # apprise's limit for one attempt; must st
 
 Send = Callable[[str, str, str], Awaitable[None]]
 """A delivery channel: `send(title, body, severity)`, raising NotifyError when it fails."""
+
+MAIN = "main"
+HALT_KINDS = ("request", "reminder", "answered", "expired", "cancelled")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One notification as an answer channel sends it."""
+
+    id: int
+    title: str
+    body: str
+    severity: str
+    kind: str | None                 # one of HALT_KINDS, or None for a plain notice
+    halt: Halt | None                # the halt as it is now (answered, who, when: for the update)
+    refs: list[str] = field(default_factory=list)   # what this channel posted earlier about the halt
+
+
+class Channel(Protocol):
+    """An answer channel's outgoing side (its incoming side lives in the daemon: `answer/`)."""
+
+    name: str
+
+    async def send(self, note: Outgoing) -> str | None:
+        """Deliver `note`; return the channel's id of what it posted (kept as the row's `ref`), if
+        any. Raises NotifyError on a failure worth retrying."""
+        ...
+
+
+Decorate = Callable[["Halt", str], Awaitable[str]]
+"""`decorate(halt, body)`: the main channel's body of a halt request/reminder (with its signed links)."""
 
 
 class NotifyError(FaztAgentError):
@@ -60,7 +99,8 @@ class Notifications:
     """The notification outbox and its delivery (satisfies `kernel.base.Notifier`)."""
 
     def __init__(self, store: Store, events: EventLog, clock: Clock, urls: list[str], *,
-                 send: Send | None = None, max_attempts: int = 12):
+                 send: Send | None = None, max_attempts: int = 12, channels: list[Channel] | None = None,
+                 decorate: Decorate | None = None):
         self.store = store
         self.events = events
         self.clock = clock
@@ -72,11 +112,14 @@ class Notifications:
         self._invalid: list[str] = []           # redacted URLs apprise refused
         self._build_lock = asyncio.Lock()
         self.me = owner()
+        self.channels = {c.name: c for c in channels or []}
+        self.decorate = decorate
 
     async def notify(self, title: str, body: str, *, severity: str = "info",
-                     halt_id: int | None = None, incident_id: int | None = None) -> int:
+                     halt_id: int | None = None, incident_id: int | None = None,
+                     kind: str | None = None) -> int | None:
         """Queue a notification and try to send it now — inside a caller's transaction, once that
-        commits; returns its id.
+        commits; returns the id of its main row (None for a notice only the answer channels get).
 
         A delivery failure does not raise: the notification stays pending and is retried.
 
@@ -87,15 +130,24 @@ class Notifications:
             raise ValueError(f"unknown notification severity {severity!r}; use one of {SEVERITIES}")
         now = self.clock.now()
         lease = iso(now + LEASE)          # inserted already claimed by this attempt
+        if kind is not None and kind not in HALT_KINDS:
+            raise ValueError(f"unknown notification kind {kind!r}; use one of {HALT_KINDS}")
+        # a withdrawn halt needs no notice of its own on the main channel (a new request or the
+        # incident's "resolved" follows); the answer channels update what they posted
+        names = [MAIN] if kind != "cancelled" else []
+        names += list(self.channels) if halt_id is not None and kind is not None else []
+        ids: list[int] = []
         async with self.store.transaction() as db:
-            cur = await db.execute(
-                "INSERT INTO notifications(title, body, severity, halt_id, incident_id, status, attempts,"
-                " created_at, next_attempt_at, owner) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-                (title, body, severity, halt_id, incident_id, iso(now), lease, self.me))
-            notification_id = cur.lastrowid
-            assert notification_id is not None
-            await self.store.after_commit(lambda: self._attempt(notification_id))
-        return notification_id
+            for name in names:
+                cur = await db.execute(
+                    "INSERT INTO notifications(title, body, severity, halt_id, incident_id, status, attempts,"
+                    " created_at, next_attempt_at, owner, channel, kind) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?,"
+                    " ?, ?)", (title, body, severity, halt_id, incident_id, iso(now), lease, self.me, name, kind))
+                assert cur.lastrowid is not None
+                ids.append(cur.lastrowid)
+            for notification_id in ids:
+                await self.store.after_commit(lambda n=notification_id: self._attempt(n))
+        return ids[0] if ids else None
 
     async def deliver_due(self, now: datetime | None = None) -> int:
         """Retry every pending notification that is due at `now`; returns how many were attempted."""
@@ -143,22 +195,35 @@ class Notifications:
         row = await self.store.fetchone("SELECT * FROM notifications WHERE id = ?", (notification_id,))
         assert row is not None
         attempt = row["attempts"] + 1
+        name = row["channel"]
+        channel_name = self.channel if name == MAIN else name
+        ref = None
         try:
-            await self._send(row["title"], row["body"], row["severity"])
+            if name == MAIN:
+                body = row["body"]
+                if self.decorate is not None and row["halt_id"] is not None and row["kind"] in ("request", "reminder"):
+                    halt = await self._halt(row["halt_id"])
+                    body = await self.decorate(halt, body) if halt is not None else body
+                await self._send(row["title"], body, row["severity"])
+            else:
+                channel = self.channels.get(name)
+                if channel is None:
+                    raise NotifyError(f"the {name} channel is not configured in this process")
+                ref = await channel.send(await self._outgoing(row))
         except NotifyError as e:
             error = str(e)
         except Exception as e:  # a channel's bug must not lose the notification nor crash the caller
-            log.exception("notification channel %s crashed", self.channel)
-            error = f"the {self.channel} channel crashed: {type(e).__name__}: {e}"
+            log.exception("notification channel %s crashed", channel_name)
+            error = f"the {channel_name} channel crashed: {type(e).__name__}: {e}"
         else:
             crash_point("notification.sent")
             now = iso(self.clock.now())
             async with self.store.transaction():   # the row and its event together
                 await self.store.execute(
-                    "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = ?, next_attempt_at = ?"
-                    " WHERE id = ?", (now, attempt, now, notification_id))
+                    "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = ?, next_attempt_at = ?,"
+                    " ref = ? WHERE id = ?", (now, attempt, now, ref, notification_id))
                 await self.events.emit("notification.sent", NotificationSent(
-                    notification_id=notification_id, channel=self.channel, title=row["title"], attempts=attempt,
+                    notification_id=notification_id, channel=channel_name, title=row["title"], attempts=attempt,
                     halt_id=row["halt_id"]), source="notify", incident_id=row["incident_id"])
             return
         error = self._scrub(error)
@@ -176,6 +241,21 @@ class Notifications:
                 notification_id=notification_id, attempt=attempt, error=error,
                 next_attempt_at=None if gave_up else iso(next_at), gave_up=gave_up),
                 source="notify", incident_id=row["incident_id"])
+
+    async def _halt(self, halt_id: int) -> Halt | None:
+        from .halt.store import halt_from_row
+
+        row = await self.store.fetchone("SELECT * FROM halts WHERE id = ?", (halt_id,))
+        return halt_from_row(row) if row else None
+
+    async def _outgoing(self, row: Any) -> Outgoing:
+        """A row as its answer channel sends it: with the halt as it is now, and the refs of what the
+        channel posted about it before."""
+        halt = await self._halt(row["halt_id"]) if row["halt_id"] is not None else None
+        refs = [r["ref"] for r in await self.store.fetchall(
+            "SELECT ref FROM notifications WHERE halt_id = ? AND channel = ? AND ref IS NOT NULL AND id < ?"
+            " ORDER BY id", (row["halt_id"], row["channel"], row["id"]))] if halt is not None else []
+        return Outgoing(row["id"], row["title"], row["body"], row["severity"], row["kind"], halt, refs)
 
     def _scrub(self, text: str) -> str:
         for url in self.urls:

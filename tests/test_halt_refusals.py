@@ -48,7 +48,7 @@ def test_an_answer_that_is_not_an_option_is_refused_and_the_halt_stays_pending(o
     assert wrong.returncode == 1
     assert "'maybe' is not an option" in wrong.stderr and "approve, deny" in wrong.stderr
     [refused] = refusals(ops)
-    assert refused == {"halt_id": halt_id, "option": "maybe", "by": "cli", "reason": refused["reason"]}
+    assert refused == {"halt_id": halt_id, "option": "maybe", "by": "cli", "channel": "cli", "reason": refused["reason"]}
     assert "'maybe' is not an option" in refused["reason"]
     assert [h["status"] for h in json.loads(ops.cli("halts", "list", "--json").stdout)] == ["pending"]
     assert ops.cli("deny", str(halt_id)).returncode == 0  # a valid answer still counts
@@ -57,7 +57,7 @@ def test_an_answer_that_is_not_an_option_is_refused_and_the_halt_stays_pending(o
 def test_an_answer_to_a_halt_that_does_not_exist_is_refused_and_recorded(ops: Ops) -> None:
     missing = ops.cli("approve", "4242")
     assert missing.returncode == 1 and "there is no halt #4242" in missing.stderr
-    assert refusals(ops) == [{"halt_id": 4242, "option": "approve", "by": "cli", "reason": "there is no halt #4242"}]
+    assert refusals(ops) == [{"halt_id": 4242, "option": "approve", "by": "cli", "channel": "cli", "reason": "there is no halt #4242"}]
 
 
 def test_an_answer_after_expiry_is_refused_and_the_default_stands(ops: Ops, tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ async def test_a_halt_is_answered_once_and_a_second_answer_names_the_first(
     assert (await halts.get(halt.id)).answer == "approve"
     assert [t for t, _ in await _events(halts)] == ["halt.requested", "halt.answered", "halt.answer_refused"]
     assert (await _events(halts, "halt.answered"))[0][1] == {
-        "halt_id": halt.id, "option": "approve", "by": "cli:alice", "note": "go ahead"}
+        "halt_id": halt.id, "option": "approve", "by": "cli:alice", "note": "go ahead", "channel": None}
 
 
 async def test_an_answer_that_is_not_an_option_is_refused_with_the_options_listed(halts: HaltStore) -> None:

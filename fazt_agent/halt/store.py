@@ -68,6 +68,13 @@ class Halt:
     action_id: int | None
     owner: str | None = None          # the process that claimed the execution
     lease_until: datetime | None = None
+    answered_via: str | None = None   # the channel of the answer: cli, mcp, web, link, slack, email
+
+    @property
+    def answered_by_via(self) -> str:
+        """Who answered, and through which channel ("alice via slack")."""
+        by = self.answered_by or "?"
+        return f"{by} via {self.answered_via}" if self.answered_via and self.answered_via != by else by
 
     def to_json(self) -> dict[str, Any]:
         def ts(value: datetime | None) -> str | None:
@@ -76,7 +83,8 @@ class Halt:
         return {"id": self.id, "incident_id": self.incident_id, "rule": self.rule, "title": self.title,
                 "body": self.body, "plan": self.plan.to_json(), "options": self.options,
                 "default_option": self.default_option, "status": self.status, "answer": self.answer,
-                "answered_by": self.answered_by, "note": self.note, "created_at": iso(self.created_at),
+                "answered_by": self.answered_by, "answered_via": self.answered_via, "note": self.note,
+                "created_at": iso(self.created_at),
                 "expires_at": iso(self.expires_at), "remind_at": ts(self.remind_at),
                 "reminded_at": ts(self.reminded_at), "answered_at": ts(self.answered_at),
                 "execution": self.execution, "action_id": self.action_id}
@@ -138,13 +146,13 @@ class HaltStore:
 
     async def get(self, halt_id: int) -> Halt | None:
         row = await self.store.fetchone("SELECT * FROM halts WHERE id = ?", (halt_id,))
-        return _from_row(row) if row else None
+        return halt_from_row(row) if row else None
 
     async def list(self, status: Status | None = None, limit: int = 100) -> builtins.list[Halt]:
         """Halts, newest first, optionally only those with `status`."""
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
         rows = await self.store.fetchall(f"SELECT * FROM halts {where} ORDER BY id DESC LIMIT ?", [*params, limit])
-        return [_from_row(r) for r in rows]
+        return [halt_from_row(r) for r in rows]
 
     async def unfinished(self) -> builtins.list[Halt]:
         """Approved halts whose execution has not ended: claimed, or never claimed (an approval or
@@ -153,21 +161,22 @@ class HaltStore:
             "SELECT * FROM halts WHERE execution = 'claimed' OR (execution IS NULL AND"
             " ((status = 'answered' AND answer = 'approve') OR (status = 'expired' AND answer != 'deny')))"
             " ORDER BY id")
-        return [_from_row(r) for r in rows]
+        return [halt_from_row(r) for r in rows]
 
     async def unasked(self) -> builtins.list[Halt]:
         """Pending halts without any notification: their owner was never asked."""
         rows = await self.store.fetchall(
             "SELECT * FROM halts h WHERE status = 'pending' AND NOT EXISTS"
             " (SELECT 1 FROM notifications n WHERE n.halt_id = h.id) ORDER BY id")
-        return [_from_row(r) for r in rows]
+        return [halt_from_row(r) for r in rows]
 
     async def answer(self, halt_id: int, option: str, *, by: str, note: str | None = None,
-                     claim: bool = False) -> Halt:
+                     claim: bool = False, channel: str | None = None, then: Then | None = None) -> Halt:
         """Answer a pending halt; only the first answer counts. Emits `halt.answered`, or
         `halt.answer_refused` (with `by`, the channel, and the reason) for an answer that does not count.
         With `claim`, the answer also claims the execution for this process (in the same UPDATE):
-        whoever approves runs the plan, and nobody else does while this process lives.
+        whoever approves runs the plan, and nobody else does while this process lives. `then(halt)`
+        runs in the answer's transaction (the notice telling every channel who answered).
 
         Raises:
             HaltError: no such halt, `option` is not one of its options, or it was already
@@ -175,33 +184,37 @@ class HaltStore:
         """
         halt = await self.get(halt_id)
         if halt is None:
-            await self._refuse(halt_id, None, option, by, f"there is no halt #{halt_id}")
+            await self.refuse(halt_id, None, option, by, f"there is no halt #{halt_id}", channel)
         assert halt is not None
         if option not in halt.options:
-            await self._refuse(halt_id, halt.incident_id, option, by,
-                               f"{option[:64]!r} is not an option of halt #{halt_id}; "
-                               f"answer one of: {', '.join(halt.options)}")
+            await self.refuse(halt_id, halt.incident_id, option, by,
+                              f"{option[:64]!r} is not an option of halt #{halt_id}; "
+                              f"answer one of: {', '.join(halt.options)}", channel)
         at = self.clock.now()
         now = iso(at)
         claimed = ("claimed", self.me, iso(at + timedelta(seconds=LEASE))) if claim else (None, None, None)
         async with self.store.transaction() as db:   # the answer and its event commit together
             cur = await db.execute(
                 "UPDATE halts SET status = 'answered', answer = ?, answered_by = ?, note = ?, answered_at = ?,"
-                " execution = ?, owner = ?, lease_until = ? WHERE id = ? AND status = 'pending' AND expires_at > ?",
-                (option, by, note, now, *claimed, halt_id, now))
+                " execution = ?, owner = ?, lease_until = ?, answered_via = ? WHERE id = ? AND status = 'pending'"
+                " AND expires_at > ?", (option, by, note, now, *claimed, channel, halt_id, now))
             if cur.rowcount:
                 await self.events.emit("halt.answered", HaltAnswered(halt_id=halt_id, option=option, by=by,
-                                                                     note=note),
+                                                                     note=note, channel=channel),
                                        source="halts", incident_id=halt.incident_id)
+                if then is not None:
+                    await then(await self._must_get(halt_id))
         if not cur.rowcount:
-            await self._refuse(halt_id, halt.incident_id, option, by, _why_closed(await self._must_get(halt_id)))
+            await self.refuse(halt_id, halt.incident_id, option, by, _why_closed(await self._must_get(halt_id)),
+                              channel)
         crash_point("halt.answered")
         return await self._must_get(halt_id)
 
-    async def _refuse(self, halt_id: int, incident_id: int | None, option: str, by: str, reason: str) -> NoReturn:
-        """Record a refused answer in the audit trail, then refuse it."""
-        await self.events.emit("halt.answer_refused", HaltAnswerRefused(halt_id=halt_id, option=option[:64], by=by,
-                                                                        reason=reason),
+    async def refuse(self, halt_id: int | None, incident_id: int | None, option: str, by: str, reason: str,
+                     channel: str | None = None) -> NoReturn:
+        """Record a refused answer in the audit trail, then refuse it (HaltError with `reason`)."""
+        await self.events.emit("halt.answer_refused", HaltAnswerRefused(halt_id=halt_id, option=option[:64],
+                                                                        by=by[:128], reason=reason, channel=channel),
                                source="halts", incident_id=incident_id)
         raise HaltError(reason)
 
@@ -303,7 +316,7 @@ class HaltStore:
         """Replace the message of a halt (its text names its own id, known only after create)."""
         await self.store.execute("UPDATE halts SET title = ?, body = ? WHERE id = ?", (title, body, halt_id))
 
-    async def cancel(self, halt_id: int, reason: str) -> Halt:
+    async def cancel(self, halt_id: int, reason: str, then: Then | None = None) -> Halt:
         """Withdraw a pending halt (e.g. the incident resolved itself); `reason` goes in its note.
 
         Raises:
@@ -317,6 +330,8 @@ class HaltStore:
             if halt is not None and cur.rowcount:
                 await self.events.emit("halt.cancelled", {"halt_id": halt_id, "reason": reason}, source="halts",
                                        incident_id=halt.incident_id)
+                if then is not None:
+                    await then(halt)
         if halt is None:
             raise HaltError(f"there is no halt #{halt_id}")
         if not cur.rowcount:
@@ -334,14 +349,14 @@ def _why_closed(halt: Halt) -> str:
     """Why a halt can no longer be answered, in one sentence."""
     when = iso(halt.answered_at) if halt.answered_at else "?"
     if halt.status == "answered":
-        return f"halt #{halt.id} was already answered {halt.answer!r} by {halt.answered_by} at {when}"
+        return f"halt #{halt.id} was already answered {halt.answer!r} by {halt.answered_by_via} at {when}"
     if halt.status == "cancelled":
         return f"halt #{halt.id} was cancelled at {when}: {halt.note}"
     verb = "was applied" if halt.status == "expired" else "applies"   # still pending: the sweep is due
     return f"halt #{halt.id} expired at {iso(halt.expires_at)}; its default {halt.default_option!r} {verb}"
 
 
-def _from_row(r: Any) -> Halt:
+def halt_from_row(r: Any) -> Halt:
     def ts(value: str | None) -> datetime | None:
         return parse_iso(value) if value else None
 
@@ -352,4 +367,4 @@ def _from_row(r: Any) -> Halt:
                 expires_at=parse_iso(r["expires_at"]), remind_at=ts(r["remind_at"]),
                 reminded_at=ts(r["reminded_at"]), answered_at=ts(r["answered_at"]),
                 execution=r["execution"], action_id=r["action_id"], owner=r["owner"],
-                lease_until=ts(r["lease_until"]))
+                lease_until=ts(r["lease_until"]), answered_via=r["answered_via"])
