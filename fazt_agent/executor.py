@@ -44,7 +44,7 @@ from .incidents import Incident, IncidentStore
 from .kernel import ACTIONS, Action, ActionContext, Constraints, Outcome, Plan
 from .notify import Notifications
 from .policy.evaluate import History, Judgement, retry_delay
-from .policy.model import Policy, Rule
+from .policy.model import Policy, Rule, snooze_seconds
 from .store import LEASE, gone, owner, owner_pid, stale, unstoppable
 from .units import format_duration
 
@@ -163,7 +163,8 @@ class Executor:
         """Ask the owner: the halt, `halt.requested` and the notification commit together (in the
         caller's transaction, if any), so the owner is asked exactly once, or the halt never existed."""
         expiry = rule.halt_expiry if rule and rule.halt_expiry is not None else self.policy.defaults.halt_expiry
-        options, default = ["approve", "deny"], "deny"
+        options = list(rule.halt_options if rule and rule.halt_options else self.policy.defaults.halt_options)
+        default = "deny"
         expires = self.clock.now() + timedelta(seconds=expiry)
         title, body = messages.halt_request(None, incident, plan, reason, options, default,
                                             f"{expires:%Y-%m-%d %H:%M} UTC", self.personality, self.host)
@@ -439,9 +440,21 @@ class Executor:
         Raises:
             HaltError: no such halt, already answered, expired, or not one of its options.
         """
+        snooze = snooze_seconds(option)
+        again = self.clock.now() + timedelta(seconds=snooze) if snooze is not None else None
+
+        async def then(halt: Halt) -> None:   # in the answer's transaction
+            await self.closed(halt)
+            if again is not None and halt.incident_id is not None:
+                # "ask me later": the incident is decided anew then (a new halt, if still needed)
+                await self.rt.store.execute("UPDATE incidents SET retry_at = ? WHERE id = ? AND status = 'open'",
+                                            (iso(again), halt.incident_id))
+
         halt = await self.halts.answer(halt_id, option, by=by, note=note, claim=option == "approve",
-                                       channel=channel or by.partition(":")[0], then=self.closed)
+                                       channel=channel or by.partition(":")[0], then=then)
         result: dict[str, Any] = {"halt": halt.to_json(), "executed": False}
+        if again is not None:
+            result["ask_again_at"] = iso(again)
         if option == "approve":
             result.update(await self.run_halt(halt, requested_by=by, claimed=True))
         return result
@@ -490,8 +503,10 @@ class Executor:
         transaction that closed it, so no channel keeps asking."""
         title, body = messages.halt_closed(halt, self.host)
         kind = {"answered": "answered", "expired": "expired"}.get(halt.status, "cancelled")
+        # an approval's news on the main channel is the action's own report ("done: ..."), which follows
         await self.notifications.notify(title, body, severity="warning" if kind == "expired" else "info",
-                                        halt_id=halt.id, incident_id=halt.incident_id, kind=kind)
+                                        halt_id=halt.id, incident_id=halt.incident_id, kind=kind,
+                                        main=not (kind == "answered" and halt.answer == "approve"))
 
     async def _renew_claim(self, halt_id: int) -> None:
         """Keep this process's claim on a halt fresh while it re-plans (a large cleanup plans for a while)."""

@@ -117,9 +117,10 @@ class Notifications:
 
     async def notify(self, title: str, body: str, *, severity: str = "info",
                      halt_id: int | None = None, incident_id: int | None = None,
-                     kind: str | None = None) -> int | None:
+                     kind: str | None = None, main: bool = True) -> int | None:
         """Queue a notification and try to send it now — inside a caller's transaction, once that
-        commits; returns the id of its main row (None for a notice only the answer channels get).
+        commits; returns the id of its main row (None for a notice only the answer channels get:
+        `main=False`, or a withdrawn halt).
 
         A delivery failure does not raise: the notification stays pending and is retried.
 
@@ -134,7 +135,7 @@ class Notifications:
             raise ValueError(f"unknown notification kind {kind!r}; use one of {HALT_KINDS}")
         # a withdrawn halt needs no notice of its own on the main channel (a new request or the
         # incident's "resolved" follows); the answer channels update what they posted
-        names = [MAIN] if kind != "cancelled" else []
+        names = [MAIN] if main and kind != "cancelled" else []
         names += list(self.channels) if halt_id is not None and kind is not None else []
         ids: list[int] = []
         async with self.store.transaction() as db:

@@ -3,6 +3,7 @@ reminders, verification that an action helped, cooldowns; and the gate's propert
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import AsyncIterator
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Ops, age_file, next_local
+from fazt_agent.clock import parse_iso
 from fazt_agent.config import load_config
 from fazt_agent.engine import Engine
 from fazt_agent.kernel.base import Plan
@@ -103,6 +105,32 @@ async def test_an_unanswered_halt_is_reminded_then_expires_to_deny(engine: Engin
     titles = [n["title"] for n in await engine.executor.notifications.pending()] or \
              [e["title"] for e in await types(engine, "notification.sent")]
     assert any("reminder" in t for t in titles) and any("expired" in t for t in titles)
+
+
+async def test_a_policy_snooze_option_puts_the_question_off_and_asks_again_later(
+        engine: Engine, clock: FakeClock, junk: Path, ops: Ops) -> None:
+    (ops.dir / "kernel" / "actions.toml").write_text('[cleanup]\ndestructive_above = "16KB"\n')
+    policy = ops.dir / "policies" / "default.toml"
+    text, n = re.subn(r'(?m)^halt_options = .*$', 'halt_options = ["approve", "deny", "snooze-4h"]', policy.read_text())
+    assert n == 1
+    policy.write_text(text)
+    await engine.reload_policy()
+    await engine.set_autonomy("medium", by="test")
+    fill(junk, 10, clock)
+    await turn(engine)
+    [halt] = await engine.executor.halts.list(status="pending")
+    assert halt.options == ["approve", "deny", "snooze-4h"] and "snooze-4h" in halt.body
+    result = await engine.executor.answer(halt.id, "snooze-4h", by="cli")
+    asked_again = parse_iso(result["ask_again_at"])
+    assert result["executed"] is False and abs((asked_again - clock.now()).total_seconds() - 4 * 3600) < 1
+    clock.advance(3 * 3600)
+    await turn(engine)
+    assert await engine.executor.halts.list(status="pending") == []   # not before its time
+    clock.advance(3600 + 1)
+    await turn(engine)
+    [again] = await engine.executor.halts.list(status="pending")
+    assert again.id != halt.id and again.incident_id == halt.incident_id
+    assert len(list(junk.iterdir())) == 10   # nothing was done without an answer
 
 
 async def test_an_action_that_did_not_help_is_reported_once(engine: Engine, clock: FakeClock, junk: Path) -> None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .._toml import load_model, read_toml, toml_files
 from ..errors import ConfigError, Issue
-from ..units import Duration
+from ..units import Duration, parse_duration
 
 Verdict = Literal["act", "ask", "notify", "deny"]
 Level = Literal["low", "medium", "high"]
@@ -64,6 +64,39 @@ class Rule(_Model):
     window: Duration | None = None
     halt_expiry: Duration | None = None
     verify_after: Duration | None = None
+    halt_options: list[str] | None = None
+
+    @field_validator("halt_options")
+    @classmethod
+    def _options(cls, v: list[str] | None) -> list[str] | None:
+        return v if v is None else check_halt_options(v)
+
+
+def check_halt_options(options: list[str]) -> list[str]:
+    """A halt's answers: `approve` and `deny` always, plus `snooze-DURATION` ones ("ask me again in
+    4 h": `snooze-4h`, `snooze-30m`), at most 10."""
+    if "approve" not in options or "deny" not in options:
+        raise ValueError(f"halt options must include 'approve' and 'deny', got {options!r}")
+    if len(set(options)) != len(options) or len(options) > 10:
+        raise ValueError(f"halt options must be unique, at most 10, got {options!r}")
+    for option in options:
+        if option in ("approve", "deny"):
+            continue
+        if snooze_seconds(option) is None:
+            raise ValueError(f"unknown halt option {option!r}: use approve, deny, or snooze-DURATION "
+                             "such as 'snooze-4h' (ask again after that long)")
+    return options
+
+
+def snooze_seconds(option: str) -> float | None:
+    """How long a `snooze-DURATION` option puts the question off (1 min to 30 days), else None."""
+    if not option.startswith("snooze-"):
+        return None
+    try:
+        seconds = parse_duration(option.removeprefix("snooze-"))
+    except (ValueError, TypeError):
+        return None
+    return seconds if 60 <= seconds <= 30 * 86400 and option == option.lower() else None
 
 
 class Constraints(_Model):
@@ -134,7 +167,13 @@ class Defaults(_Model):
     max_actions: int = Field(default=5, ge=0)
     window: Duration = 86400.0
     halt_expiry: Duration = 86400.0
+    halt_options: list[str] = Field(default_factory=lambda: ["approve", "deny"])
     verify_after: Duration = 180.0
+
+    @field_validator("halt_options")
+    @classmethod
+    def _options(cls, v: list[str]) -> list[str]:
+        return check_halt_options(v)
     # A failed safe action is decided again after each of these waits in turn (the last one
     # repeats) while its incident stays open, until `retry_attempts` attempts on the incident
     # (the first included) have failed. 1 attempt: never retry.
