@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ._toml import expand_env, load_model, read_toml
 from .errors import ConfigError, Issue
@@ -147,8 +147,22 @@ class AppsSection(Model):
     timeout: Duration = 1.0          # the wall-clock limit of one /api request (fazt.toml `timeout` per app)
     memory: Size = 64 * 1024 * 1024  # the JS heap limit of one /api request
     workers: int = Field(default=2, ge=1, le=64)   # JS worker processes, started on demand
+    # HOST:PORT of a second listener speaking TLS with the [[certificates]] of kernel/ (by SNI;
+    # apps/tls.py); unset or empty: off
+    tls_listen: str | None = None
 
     _listen = field_validator("listen")(HttpSection._host_port.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("tls_listen")
+    @classmethod
+    def _tls_listen(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if not v:
+            return None
+        HttpSection._host_port(v)
+        if v == info.data.get("listen"):
+            raise ValueError(f"{v!r} is [apps] listen already: TLS needs an address of its own, such as "
+                             "'127.0.0.1:8443'")
+        return v
 
     @property
     def host(self) -> str:
@@ -157,6 +171,14 @@ class AppsSection(Model):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def tls_host(self) -> str:
+        return (self.tls_listen or "").rpartition(":")[0].strip("[]")
+
+    @property
+    def tls_port(self) -> int:
+        return int((self.tls_listen or ":0").rpartition(":")[2])
 
 
 class LogSection(Model):
@@ -250,6 +272,19 @@ class ConfigFile(Model):
     log: LogSection = LogSection()
     paths: PathsSection = PathsSection()
     llm: LlmSection = LlmSection()
+    owners: list[OwnerSection] = Field(default_factory=list)
+    slack: SlackSection = SlackSection()
+    email: EmailSection = EmailSection()
+
+    @field_validator("owners")
+    @classmethod
+    def _unique_owners(cls, v: list[OwnerSection]) -> list[OwnerSection]:
+        for attr in ("name", "email", "slack"):
+            seen = [getattr(o, attr).lower() for o in v if getattr(o, attr)]
+            dup = sorted({x for x in seen if seen.count(x) > 1})
+            if dup:
+                raise ValueError(f"two owners share the {attr} {dup[0]!r}; each must be one person's")
+        return v
 
 
 @dataclass(frozen=True)
@@ -272,19 +307,6 @@ class Config:
     @property
     def llm_ready(self) -> bool:
         """Whether decisions may ask the LLM (else the rules planner decides alone)."""
-    owners: list[OwnerSection] = Field(default_factory=list)
-    slack: SlackSection = SlackSection()
-    email: EmailSection = EmailSection()
-
-    @field_validator("owners")
-    @classmethod
-    def _unique_owners(cls, v: list[OwnerSection]) -> list[OwnerSection]:
-        for attr in ("name", "email", "slack"):
-            seen = [getattr(o, attr).lower() for o in v if getattr(o, attr)]
-            dup = sorted({x for x in seen if seen.count(x) > 1})
-            if dup:
-                raise ValueError(f"two owners share the {attr} {dup[0]!r}; each must be one person's")
-        return v
         return self.file.llm.enabled and self.llm_key is not None
 
     @property

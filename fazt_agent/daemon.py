@@ -92,7 +92,7 @@ class Daemon:
         from .apps.plane import AppsListener  # tiny; the apps plane itself is imported only when wanted
 
         self._apps = AppsListener()
-        await self._apps.ensure(rt.config)
+        await self._apps.ensure(rt)
         scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
         scheduler.add_job(self._beat_job, "interval", seconds=rt.config.file.pulse.interval,
                           next_run_time=datetime.now().astimezone(), id="beat",
@@ -178,7 +178,7 @@ class Daemon:
             await self._follow_config_autonomy(self.engine.rt)
             await self.engine.sweep()
             if self._apps is not None:
-                await self._apps.ensure(self.engine.rt.config)  # the first deploy starts the apps plane
+                await self._apps.ensure(self.engine.rt)  # the first deploy starts the apps plane
             if self._mcp is not None:
                 await self._mcp.reap()
         except Exception:  # supervisor boundary

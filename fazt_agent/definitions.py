@@ -142,6 +142,10 @@ def read_definitions(config: Config) -> tuple[Definitions, list[Issue]]:
     issues += pulse_issues
     kernel, kernel_issues = load_kernel(config.folders["kernel"])
     issues += kernel_issues
+    if config.file.apps.tls_listen and not kernel.certificates:
+        issues.append(Issue(str(config.source or "embedded defaults"), "apps.tls_listen",
+                            "TLS on the apps plane serves the [[certificates]] of kernel/*.toml, and "
+                            f"{config.folders['kernel']} declares none: declare one, or remove tls_listen"))
     policy, policy_issues = load_policy(config.folders["policies"], set(ACTIONS), set(CHECKS))
     issues += policy_issues
     try:

@@ -338,6 +338,18 @@ class AppEnvChanged(EventData):
     change: str   # set | unset
 
 
+@event_type("apps.tls_error")
+class AppsTlsError(EventData):
+    """A certificate the apps plane's TLS listener could not load (`apps/tls.py`): recorded once
+    per version of its files; new handshakes keep the context loaded before, if any."""
+
+    certificate: str        # the [[certificates]] name
+    cert_path: str
+    key_path: str
+    error: str
+    serving_previous: bool  # False: this certificate was never loaded, its names get the first certificate
+
+
 @event_type("webhook.refused")
 class WebhookRefused(EventData):
     """A webhook request that was not accepted (`web/webhooks.py`); nothing of it was recorded."""
