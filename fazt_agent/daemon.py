@@ -271,7 +271,8 @@ class Daemon:
         return age < slack, details
 
     async def _start_http(self, rt: Runtime) -> tuple[Any, asyncio.Task[None] | None]:
-        """The control plane: /healthz, /metrics, and /mcp (a worker process started at its first request)."""
+        """The control plane: /healthz, /metrics, /webhooks/alertmanager, signed links (/a/...) and
+        /approvals, and /mcp (a worker process started at its first request)."""
         http = rt.config.file.http
         if not http.enabled:
             return None, None
@@ -285,7 +286,10 @@ class Daemon:
         from .web.webhooks import AlertmanagerWebhook
 
         alertmanager = AlertmanagerWebhook(self.engine, TokenStore(rt.store, rt.events, rt.clock))
-        server, task = await start(create_app(self.health, mcp=self._mcp, metrics=metrics, alertmanager=alertmanager),
-                                   http.host, http.port, "[http] listen")
+        from .web.approvals import Approvals   # signed links and /approvals (jinja2 loads at the first page)
+
+        pages = Approvals(self.answers, TokenStore(rt.store, rt.events, rt.clock), rt.config).routes()
+        server, task = await start(create_app(self.health, mcp=self._mcp, metrics=metrics, alertmanager=alertmanager,
+                                              pages=pages), http.host, http.port, "[http] listen")
         log.info("control plane on http://%s", http.listen)
         return server, task

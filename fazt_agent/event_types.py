@@ -382,6 +382,15 @@ class AgentReconciled(EventData):
     at_start: bool
     decided: list[int] = Field(default_factory=list)          # incidents decided (never decided since due)
     interrupted: list[int] = Field(default_factory=list)      # actions whose owner is gone
+@event_type("web.login_refused")
+class WebLoginRefused(EventData):
+    """A refused login on the approvals page (`web/approvals.py`): the page says only "not
+    accepted"; the reason here is for the owner. Never the token itself."""
+
+    reason: str
+    peer: str | None = None         # the client's address
+
+
     halts_run: list[int] = Field(default_factory=list)        # approved halts run
     halts_closed: list[int] = Field(default_factory=list)     # approved halts whose execution had ended
     asked: list[int] = Field(default_factory=list)            # pending halts whose owner was never asked

@@ -341,19 +341,36 @@ def halts_show(halt_id: int = typer.Argument(...), as_json: bool = typer.Option(
     async def body() -> Any:
         async with engine(needs_definitions=None) as e:
             await e.executor.sweep_halts()
-            return await e.executor.halts.get(halt_id)
+            halt = await e.executor.halts.get(halt_id)
+            return halt, signed_links(e.rt.config, halt) if halt is not None else None
 
-    halt = run(body)
+    halt, links = run(body)
     if halt is None:
         fail(f"no halt {halt_id}", hint="see `fazt-agent halts list --all`")
     if as_json:
-        print_json(halt.to_json())
+        print_json(halt.to_json() if links is None else {**halt.to_json(), "links": links})
         return
     from ..messages import all_steps
 
     # the stored body lists the first steps and points here for the rest: show them all, once
     typer.echo(f"halt {halt.id} ({halt.status}{', ' + str(halt.answer) if halt.answer else ''})\n{halt.title}\n\n"
                f"{all_steps(halt)}")
+    if links:
+        typer.echo("\nAnswer from anywhere (each link shows the plan and asks you to confirm):\n"
+                   + "\n".join(f"  {option}: {url}" for option, url in links.items()))
+
+
+def signed_links(config: Any, halt: Any) -> dict[str, str] | None:
+    """A halt's signed links, one per option, as its notification carries them (`[http] public_url`);
+    none once it is closed. None without a public URL."""
+    http = config.file.http
+    if not http.public_url:
+        return None
+    if halt.status != "pending":
+        return {}
+    from ..answer.links import Signer
+
+    return Signer.for_data_dir(config.data_dir).links(halt, http.public_url, lifetime=http.link_expiry)
 
 
 @halts_app.command("answer")

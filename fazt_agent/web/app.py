@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from ..errors import FaztAgentError
@@ -20,10 +20,11 @@ Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 def create_app(health: Health, *, mcp: ASGIApp | None = None, metrics: ASGIApp | None = None,
-               alertmanager: ASGIApp | None = None) -> Starlette:
+               alertmanager: ASGIApp | None = None, pages: Sequence[BaseRoute] = ()) -> Starlette:
     """`health()` returns (healthy, details); /healthz answers 200 or 503 with the details.
     `mcp`, when given, serves /mcp (streamable HTTP); `metrics`, /metrics (Prometheus);
-    `alertmanager`, /webhooks/alertmanager (`web/webhooks.py`)."""
+    `alertmanager`, /webhooks/alertmanager (`web/webhooks.py`); `pages`, the signed links and the
+    approvals page (`web/approvals.py`)."""
 
     async def healthz(request: Request) -> JSONResponse:
         ok, details = health()
@@ -36,6 +37,7 @@ def create_app(health: Health, *, mcp: ASGIApp | None = None, metrics: ASGIApp |
         routes.append(Route("/metrics", metrics))
     if alertmanager is not None:
         routes.append(Route("/webhooks/alertmanager", alertmanager))
+    routes.extend(pages)
     return Starlette(routes=routes)
 
 
