@@ -67,6 +67,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import base_env, free_port
+from fazt_agent.config import ConfigFile
 from fazt_agent.testing import ScriptedLLM, message, text, tool_use
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -454,7 +455,7 @@ def test_every_console_example_runs_and_prints_what_the_readme_shows(session: tu
 
 # -- the configuration examples ----------------------------------------------------------------
 
-CONFIG_TABLES = {"agent", "pulse", "events", "notify", "http", "llm", "log", "paths"}
+CONFIG_TABLES = set(ConfigFile.model_fields)   # every top-level table of config.toml
 PLACES = {"checks": "pulse", "constraints": "policies", "schedule": "policies", "defaults": "policies",
           "rules": "policies", "cleanup": "kernel", "service": "kernel", "certs": "kernel",
           "certificates": "kernel", "commands": "kernel"}

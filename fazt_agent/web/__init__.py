@@ -1,1 +1,1 @@
-"""The control-plane HTTP listener: /healthz now; /mcp, approvals, webhooks and /metrics later."""
+"""The control plane: /healthz, /metrics, /mcp, /webhooks/alertmanager, signed links and /approvals."""
