@@ -84,6 +84,12 @@ class Daemon:
         from .answer.core import Answers
 
         self.answers = Answers(self.engine.executor, rt.config)   # every channel's way to answer a halt
+        self._email: Any = None
+        if rt.config.file.email.imap_host:   # email replies, read over IMAP IDLE in the background
+            from .answer.email import EmailListener
+
+            self._email = EmailListener()
+            await self._email.start(self.answers, rt.config)
         for warning in rt.config.warnings:
             log.warning("%s", warning)
         await self._start_following_autonomy(rt)
@@ -113,6 +119,8 @@ class Daemon:
         self.notifier.send("STOPPING=1", f"STATUS=stopping ({self._stop_reason})")
         log.info("stopping (%s)", self._stop_reason)
         scheduler.shutdown(wait=False)
+        if self._email is not None:
+            await self._email.stop()
         interrupted = await self._drain(rt)
         if watchdog:
             watchdog.cancel()

@@ -350,6 +350,27 @@ class AppsTlsError(EventData):
     serving_previous: bool  # False: this certificate was never loaded, its names get the first certificate
 
 
+@event_type("email.refused")
+class EmailRefused(EventData):
+    """An email the listener read that names no halt it could trust (`answer/email.py`): not a
+    reply to a halt, a reply address whose token does not verify, a second delivery, a message it
+    could not handle. Refused replies to a known halt are `halt.answer_refused` (channel email)."""
+
+    reason: str
+    sender: str | None = None       # the From address as written (not authenticated)
+    message_id: str | None = None
+
+
+@event_type("email.disconnected")
+class EmailDisconnected(EventData):
+    """The email listener's IMAP connection failed or dropped; it reconnects with backoff.
+    Recorded once per outage (the log has each attempt)."""
+
+    server: str                     # host:port
+    error: str
+    retry_in_s: float
+
+
 @event_type("webhook.refused")
 class WebhookRefused(EventData):
     """A webhook request that was not accepted (`web/webhooks.py`); nothing of it was recorded."""
@@ -358,6 +379,15 @@ class WebhookRefused(EventData):
     status: int                     # the HTTP status answered (401, 403, 400, 413, 415, 422, ...)
     reason: str
     token: str | None = None        # the token's name when one was valid (never the token)
+    peer: str | None = None         # the client's address
+
+
+@event_type("web.login_refused")
+class WebLoginRefused(EventData):
+    """A refused login on the approvals page (`web/approvals.py`): the page says only "not
+    accepted"; the reason here is for the owner. Never the token itself."""
+
+    reason: str
     peer: str | None = None         # the client's address
 
 
@@ -382,15 +412,6 @@ class AgentReconciled(EventData):
     at_start: bool
     decided: list[int] = Field(default_factory=list)          # incidents decided (never decided since due)
     interrupted: list[int] = Field(default_factory=list)      # actions whose owner is gone
-@event_type("web.login_refused")
-class WebLoginRefused(EventData):
-    """A refused login on the approvals page (`web/approvals.py`): the page says only "not
-    accepted"; the reason here is for the owner. Never the token itself."""
-
-    reason: str
-    peer: str | None = None         # the client's address
-
-
     halts_run: list[int] = Field(default_factory=list)        # approved halts run
     halts_closed: list[int] = Field(default_factory=list)     # approved halts whose execution had ended
     asked: list[int] = Field(default_factory=list)            # pending halts whose owner was never asked
