@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ._toml import expand_env, load_model, read_toml
 from .errors import ConfigError, Issue
@@ -131,6 +131,13 @@ class EmailSection(Model):
     mailbox: str = "INBOX"
     dkim: bool = True                    # accept replies whose DKIM signature verifies
     authserv_id: str | None = None       # ... or that this server's Authentication-Results says pass
+
+    @model_validator(mode="after")
+    def _needs_address(self) -> EmailSection:
+        if (self.smtp_host or self.imap_host) and not self.address:
+            raise ValueError("set address, the agent's own mailbox (e.g. 'agent@example.com'): halts are sent "
+                             "from it and replies come to its plus-address")
+        return self
 
 
 class AppsSection(Model):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tomli_w
+
 from conftest import Ops, base_env, cli
 
 
@@ -138,3 +140,20 @@ def test_config_flag_is_accepted_after_the_subcommand(ops: Ops) -> None:
     result = cli("config", "check", "--config", str(ops.config))
     assert result.returncode == 0, result.stderr
     assert str(ops.config) in result.stdout
+
+
+def test_answer_channel_settings_are_checked_with_file_and_key(ops: Ops) -> None:
+    """Email without the agent's own address, and two owners sharing a Slack ID, are refused
+    by `config check` naming FILE:KEY; good owners pass."""
+    ops.set_config("email", "imap_host", "imap.example.com")
+    result = ops.cli("config", "check")
+    assert result.returncode == 2 and f"{ops.config}:email: set address" in result.stderr
+    ops.set_config("email", "address", "agent@example.com")
+    data = ops.read_config()
+    data["owners"] = [{"name": "alice", "slack": "U0123ABC"}, {"name": "bob", "slack": "U0123ABC"}]
+    ops.config.write_text(tomli_w.dumps(data))
+    result = ops.cli("config", "check")
+    assert result.returncode == 2 and f"{ops.config}:owners: " in result.stderr and "'u0123abc'" in result.stderr
+    data["owners"][1]["slack"] = "U0456DEF"
+    ops.config.write_text(tomli_w.dumps(data))
+    assert ops.cli("config", "check").returncode == 0

@@ -490,7 +490,8 @@ def test_every_toml_example_passes_config_check_in_its_place(tmp_path: Path) -> 
             target = ops / place / "readme.toml"
         target.write_text(source)
         checked = subprocess.run([str(BIN / "fazt-agent"), "--config", str(ops / "config.toml"), "config", "check"],
-                                 capture_output=True, text=True, env=base_env(NTFY_TOPIC="readme-test"))
+                                 capture_output=True, text=True,
+                                 env=base_env(**{name: "readme-test" for name in re.findall(r"\$\{(\w+)\}", source)}))
         assert checked.returncode == 0 and ": ok" in checked.stdout, \
             f"README.md:{block.line}: the toml example fails `config check` as {target.relative_to(ops)}:\n" \
             f"{checked.stdout}{checked.stderr}"
