@@ -1,0 +1,116 @@
+"""One halt, answered at the same moment from every channel — a reply by email, a signed link, the
+approvals page, the CLI and an MCP client: exactly one answer wins, every other one is refused and
+recorded with its channel and who answered first, the plan runs once, and every channel shows the
+winner (the email thread hears it, the link's page and /approvals name who answered, via what)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+from _mcp import destructive_junk, listen, stdio_client
+from conftest import Ops
+from test_approvals_web import csrf_of, login
+from test_email import (IMAP_PASSWORD, SMTP_PASSWORD, Agent, Dovecot, Key, Outbox, agent_env,  # noqa: F401
+                        configure, dovecot, events, keys, outbox, raw, reply, sign, wait_until)
+
+CHANNELS = ("email", "link", "web", "cli", "mcp")
+
+
+@pytest.fixture
+def agent(ops: Ops, tmp_path: Path, dovecot: Dovecot, outbox: Outbox, keys: dict[str, Key]) -> Iterator[Agent]:
+    """A daemon at medium autonomy whose first beat asks about a destructive cleanup; it mails the
+    owners and its links point at its own control plane."""
+    root, files = destructive_junk(ops, tmp_path)
+    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "10KB"\n')
+    configure(ops, dovecot, outbox)
+    ops.set_config("http", "public_url", f"http://{listen(ops)}")
+    a = Agent(ops, dovecot, outbox, agent_env(tmp_path, keys), files)
+    a.start()
+    try:
+        yield a
+    finally:
+        if a.proc is not None and a.proc.poll() is None:
+            a.proc.kill()
+            print(a.proc.communicate()[1])
+
+
+def at_once(answers: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run every answer in its own thread, released together; what each returned or raised."""
+    start = threading.Barrier(len(answers))
+    results: dict[str, Any] = {}
+
+    def run(name: str, answer: Callable[[], Any]) -> None:
+        start.wait()
+        try:
+            results[name] = answer()
+        except Exception as e:   # noqa: BLE001 - a channel that failed is the test's finding
+            results[name] = e
+
+    threads = [threading.Thread(target=run, args=item) for item in answers.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+def test_the_same_halt_answered_at_once_from_every_channel_is_answered_once(
+        agent: Agent, ops: Ops, keys: dict[str, Key]) -> None:
+    request = agent.request()   # the halt's email: the daemon asked
+    [halt] = json.loads(ops.cli("halts", "list", "--json", env=agent.env).stdout)
+    links = json.loads(ops.cli("halts", "show", str(halt["id"]), "--json", env=agent.env).stdout)["links"]
+    base = f"http://{listen(ops)}"
+    web = httpx.Client()
+    token = ops.cli("tokens", "create", "phone", "--scope", "operate", env=agent.env).stdout.strip()
+    assert login(web, ops, token).status_code == 303
+    csrf = csrf_of(web.get(f"{base}/approvals"))
+    signed_reply = sign(raw(reply(request, "approve\n")), keys["owner.test"])
+
+    async def by_mcp() -> Any:
+        async with stdio_client(ops, env={"IMAP_PASSWORD": IMAP_PASSWORD, "SMTP_PASSWORD": SMTP_PASSWORD}) as client:
+            return await client.call_tool("fazt_halt_answer", {"halt_id": halt["id"], "option": "approve"})
+
+    results = at_once({
+        "email": lambda: agent.dovecot.deliver(signed_reply),
+        "link": lambda: httpx.post(links["approve"], timeout=60),
+        "web": lambda: web.post(f"{base}/approvals", data={"halt_id": str(halt["id"]), "option": "approve",
+                                                           "csrf": csrf}, timeout=60),
+        "cli": lambda: subprocess.run([sys.executable, "-m", "fazt_agent", "--config", str(ops.config),
+                                       "approve", str(halt["id"])], capture_output=True, text=True, timeout=60,
+                                      env=agent.env),
+        "mcp": lambda: asyncio.run(by_mcp()),
+    })
+    assert not [r for r in results.values() if isinstance(r, Exception)], results
+
+    # exactly one answer, four refusals naming it; each channel recorded
+    refused = wait_until("four refusals", lambda: (r := events(ops, "halt.answer_refused")) and len(r) >= 4 and r)
+    [answered] = events(ops, "halt.answered")
+    winner = answered["channel"]
+    assert winner in CHANNELS
+    assert sorted(r["channel"] for r in refused) == sorted(c for c in CHANNELS if c != winner)
+    assert all("already answered 'approve'" in r["reason"] or "already used" in r["reason"]
+               for r in refused), refused
+    assert len(events(ops, "halt.answer_refused")) == 4
+    # the plan ran once
+    assert len(events(ops, "action.started")) == 1
+    assert not any(f.exists() for f in agent.files)
+    row = json.loads(ops.cli("halts", "show", str(halt["id"]), "--json", env=agent.env).stdout)
+    assert (row["status"], row["answer"], row["answered_via"]) == ("answered", "approve", winner)
+    who = f"{row['answered_by']} via {winner}" if row["answered_by"] != winner else winner
+
+    # every channel shows the winner
+    thread = wait_until("the answered notice in the email thread", lambda: [
+        m for m in agent.replies_to(str(request["Message-ID"])) if "answered" in str(m["Subject"])])
+    assert who in thread[0].get_content()
+    assert who in httpx.get(links["deny"]).text
+    assert who in web.get(f"{base}/approvals").text
+    web.close()
