@@ -128,7 +128,8 @@ async def test_over_http_a_destructive_run_elicits_approval_and_runs_once(ops: O
     assert out["approval"] == "approved" and out["answer"]["ok"] is True, result.content
     assert not any(f.exists() for f in files)
     answered = [e["data"] for e in events(ops, "halt.answered")]
-    assert answered == [{"halt_id": out["halt_id"], "option": "approve", "by": "mcp:laptop", "note": "old logs"}]
+    assert answered == [{"halt_id": out["halt_id"], "option": "approve", "by": "mcp:laptop", "note": "old logs",
+                        "channel": "mcp"}]
 
 
 async def test_stdio_and_the_daemons_mcp_share_the_data_dir_and_a_halt_runs_exactly_once(
