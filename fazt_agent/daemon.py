@@ -42,6 +42,7 @@ class Daemon:
         self.engine: Any = None
         self._mcp: Any = None   # the /mcp endpoint (fazt_agent.mcp.worker.McpWorker)
         self._apps: Any = None  # the apps plane's listener (fazt_agent.apps.plane.AppsListener)
+        self._dashboard: Any = None   # the dashboard's pages (fazt_agent.web.dashboard.Dashboard)
         self._inflight: dict[asyncio.Task[None], tuple[str, datetime]] = {}
         self._started = time.monotonic()
         self._last_beat: BeatResult | None = None
@@ -90,6 +91,12 @@ class Daemon:
 
             self._email = EmailListener()
             await self._email.start(self.answers, rt.config)
+        self._slack: Any = None
+        if rt.config.file.slack.app_token or rt.config.file.slack.signing_secret:   # Socket Mode, /slack/interactivity
+            from .answer.slack import SlackListener
+
+            self._slack = SlackListener()
+            await self._slack.start(self.answers, rt.config)
         for warning in rt.config.warnings:
             log.warning("%s", warning)
         await self._start_following_autonomy(rt)
@@ -121,6 +128,8 @@ class Daemon:
         scheduler.shutdown(wait=False)
         if self._email is not None:
             await self._email.stop()
+        if self._slack is not None:
+            await self._slack.stop()
         interrupted = await self._drain(rt)
         if watchdog:
             watchdog.cancel()
@@ -128,6 +137,7 @@ class Daemon:
             from .web.app import stop
 
             await self._mcp.aclose()  # stops the MCP worker, so open streams do not hold the server
+            self._dashboard.close()   # ends the dashboard's live streams, for the same reason
             await stop(server, server_task)
         await self._apps.stop()
         await rt.events.emit("agent.stopped", AgentStopped(
@@ -280,7 +290,7 @@ class Daemon:
 
     async def _start_http(self, rt: Runtime) -> tuple[Any, asyncio.Task[None] | None]:
         """The control plane: /healthz, /metrics, /webhooks/alertmanager, signed links (/a/...) and
-        /approvals, and /mcp (a worker process started at its first request)."""
+        /approvals, the dashboard (/ and its pages), and /mcp (a worker process started at its first request)."""
         http = rt.config.file.http
         if not http.enabled:
             return None, None
@@ -296,8 +306,13 @@ class Daemon:
         alertmanager = AlertmanagerWebhook(self.engine, TokenStore(rt.store, rt.events, rt.clock))
         from .web.approvals import Approvals   # signed links and /approvals (jinja2 loads at the first page)
 
-        pages = Approvals(self.answers, TokenStore(rt.store, rt.events, rt.clock), rt.config).routes()
+        approvals = Approvals(self.answers, TokenStore(rt.store, rt.events, rt.clock), rt.config)
+        from .web.dashboard import Dashboard   # / and the dashboard's pages, behind the approvals page's login
+
+        self._dashboard = Dashboard(approvals, self.engine)
         server, task = await start(create_app(self.health, mcp=self._mcp, metrics=metrics, alertmanager=alertmanager,
-                                              pages=pages), http.host, http.port, "[http] listen")
+                                              pages=approvals.routes(), dashboard=self._dashboard.routes(),
+                                              slack=self._slack.endpoint() if self._slack is not None else None),
+                                   http.host, http.port, "[http] listen")
         log.info("control plane on http://%s", http.listen)
         return server, task

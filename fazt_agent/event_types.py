@@ -415,5 +415,17 @@ class AgentReconciled(EventData):
     halts_run: list[int] = Field(default_factory=list)        # approved halts run
     halts_closed: list[int] = Field(default_factory=list)     # approved halts whose execution had ended
     asked: list[int] = Field(default_factory=list)            # pending halts whose owner was never asked
+@event_type("web.refused")
+class WebRefused(EventData):
+    """A dashboard form that did nothing (`web/dashboard.py`): no session, a missing or wrong CSRF
+    token, a scope too narrow, a value it does not accept. Refused halt answers are
+    `halt.answer_refused` (channel web)."""
+
+    action: str                     # what was asked: "autonomy high", "rollback blog to release 2"
+    reason: str
+    by: str | None = None           # the session's token name (None: no session)
+    peer: str | None = None         # the client's address
+
+
     resent: list[int] = Field(default_factory=list)           # notifications abandoned mid-send
     left_to_owners: list[str] = Field(default_factory=list)   # running work of live processes, untouched

@@ -20,11 +20,13 @@ Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 def create_app(health: Health, *, mcp: ASGIApp | None = None, metrics: ASGIApp | None = None,
-               alertmanager: ASGIApp | None = None, pages: Sequence[BaseRoute] = ()) -> Starlette:
+               alertmanager: ASGIApp | None = None, pages: Sequence[BaseRoute] = (),
+               dashboard: Sequence[BaseRoute] = (), slack: ASGIApp | None = None) -> Starlette:
     """`health()` returns (healthy, details); /healthz answers 200 or 503 with the details.
     `mcp`, when given, serves /mcp (streamable HTTP); `metrics`, /metrics (Prometheus);
     `alertmanager`, /webhooks/alertmanager (`web/webhooks.py`); `pages`, the signed links and the
-    approvals page (`web/approvals.py`)."""
+    approvals page (`web/approvals.py`); `dashboard`, `/` and the dashboard's pages
+    (`web/dashboard.py`); `slack`, /slack/interactivity (`answer/slack.py`)."""
 
     async def healthz(request: Request) -> JSONResponse:
         ok, details = health()
@@ -37,7 +39,10 @@ def create_app(health: Health, *, mcp: ASGIApp | None = None, metrics: ASGIApp |
         routes.append(Route("/metrics", metrics))
     if alertmanager is not None:
         routes.append(Route("/webhooks/alertmanager", alertmanager))
+    if slack is not None:
+        routes.append(Route("/slack/interactivity", slack))
     routes.extend(pages)
+    routes.extend(dashboard)
     return Starlette(routes=routes)
 
 
