@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from conftest import Ops
 from test_apps_deploy import Plane, deploy, plane, site  # noqa: F401 (plane is a fixture)
@@ -189,6 +190,97 @@ def test_no_state_leaks_between_requests_or_apps(plane: Plane, tmp_path: Path) -
         assert deploy(plane.ops, site(tmp_path / app, {"api/main.js": main, "index.html": "x"}), app).returncode == 0
     answers = [api(plane, "GET", "/api", app=app).json() for app in ("one", "two") * 4]
     assert answers == [{"n": 1, "seen": "undefined"}] * 8
+
+
+def js_workers(p: Plane) -> list[psutil.Process]:
+    return [c for c in psutil.Process(p.proc.pid).children() if "fazt_agent.apps.worker" in " ".join(c.cmdline())]
+
+
+def test_no_builtin_prototype_or_api_patch_survives_into_the_next_request(plane: Plane, tmp_path: Path) -> None:
+    """Each request gets a fresh context, the prelude's lazily compiled globals (console, fazt,
+    require) included: whatever one request patches, the next one on the same worker never sees."""
+    main = """
+if (request.query.f === 'dirty') {
+  fazt.app.kv.get = function () { return 'patched'; };
+  require = function () { return 'patched'; };
+  globalThis.console = {log: function () {}};
+  Array.prototype.map = function () { return 'patched'; };
+  Array.prototype.extra = 1;
+  Object.prototype.polluted = 'yes';
+  String.prototype.trim = function () { return 'patched'; };
+  JSON.parse = function () { return 'patched'; };
+  function leakedFn() {}
+  var leakedVar = 1;
+  respond = function () { return 'patched'; };
+  ({dirty: true, console: typeof console.info, kv: fazt.app.kv.get('x'), req: require('./lib.js')})
+} else {
+  console.log('clean', [1, 2].map(function (x) { return x * 2; }));
+  ({map: [1, 2].map(function (x) { return x * 2; }), extra: typeof [].extra, polluted: typeof ({}).polluted,
+    trim: ' a '.trim(), parse: JSON.parse('[1]'), kv: fazt.app.kv.get('x'), req: require('./lib.js'),
+    info: typeof console.info, fn: typeof leakedFn, v: typeof leakedVar, status: respond(201, 'x').status})
+}
+"""
+    files = {"api/main.js": main, "api/lib.js": "module.exports = 'lib';", "index.html": "x"}
+    for app in ("one", "two"):
+        assert deploy(plane.ops, site(tmp_path / app, files), app).returncode == 0
+    clean = {"map": [2, 4], "extra": "undefined", "polluted": "undefined", "trim": "a", "parse": [1], "kv": None,
+             "req": "lib", "info": "function", "fn": "undefined", "v": "undefined", "status": 201}
+    for app in ("one", "two", "one"):
+        dirty = api(plane, "GET", "/api?f=dirty", app="one")
+        assert dirty.json() == {"dirty": True, "console": "undefined", "kv": "patched", "req": "patched"}, dirty.text
+        assert api(plane, "GET", "/api", app=app).json() == clean
+    assert len(js_workers(plane)) == 1      # one after the other: every request ran on the same worker
+    logs = [e["message"] for e in json.loads(plane.ops.cli("apps", "logs", "two", "--json").stdout)]
+    assert logs == ["clean [2,4]"]
+
+
+def test_js_workers_yield_to_the_daemon(plane: Plane, tmp_path: Path) -> None:
+    """JS workers run at nice 10 (a worker woken by a job does not preempt the daemon, whose loop
+    also serves the static files and the control plane) with a larger malloc cache (a worker frees
+    and makes a whole QuickJS runtime per request)."""
+    assert deploy(plane.ops, site(tmp_path / "n", {"api/main.js": "'ok'", "index.html": "x"}), "nice").returncode == 0
+    assert api(plane, "GET", "/api", app="nice").text == "ok"
+    workers = js_workers(plane)
+    daemon_nice = psutil.Process(plane.proc.pid).nice()
+    assert workers
+    for w in workers:
+        assert w.nice() == min(19, daemon_nice + 10)
+        assert "glibc.malloc.tcache_count=256" in w.environ().get("GLIBC_TUNABLES", "")
+
+
+def test_fazt_app_calls_fill_missing_arguments_and_drop_extra_ones(plane: Plane, tmp_path: Path) -> None:
+    main = """
+const kv = fazt.app.kv, ds = fazt.app.ds;
+kv.set('a', undefined);
+kv.set('b', 2, undefined, 'extra');
+ds.insert('c', {x: 1});
+ds.insert('c', {x: 2}, 'extra');
+const out = {a: kv.get('a'), keys: kv.list().map(function (e) { return e.key; }), all: ds.find('c').length,
+             falsy: ds.find('c', 0, '').length, count: ds.count('c'), one: ds.findOne('c', {x: 2}).x,
+             updated: ds.update('c', null, {$set: {y: 1}}), deleted: ds.delete('c', {x: 1}), left: ds.count('c', false)};
+try { kv.get(); } catch (e) { out.noKey = e.message; }
+try { __host('kv.get', '[]'); } catch (e) { out.never = 'thrown'; }
+out.direct = JSON.parse(__host('kv.get', '[]'));
+out
+"""
+    assert deploy(plane.ops, site(tmp_path / "d", {"api/main.js": main, "index.html": "x"}), "defaults").returncode == 0
+    r = api(plane, "GET", "/api", app="defaults")
+    assert r.json() == {"a": None, "keys": ["a", "b"], "all": 2, "falsy": 2, "count": 2, "one": 2, "updated": 2,
+                        "deleted": 1, "left": 1, "noKey": "the key must be a non-empty string",
+                        "direct": {"e": "kv.get: takes 1 argument as a JSON array"}}, r.text
+
+
+def test_a_body_and_an_answer_larger_than_a_pipe_buffer(plane: Plane, tmp_path: Path) -> None:
+    """The job goes to the worker in several writes and the answer comes back in several reads."""
+    main = "({got: request.body.length, echo: request.body.slice(0, 5), big: 'y'.repeat(Number(request.query.n))})"
+    assert deploy(plane.ops, site(tmp_path / "b", {"api/main.js": main, "index.html": "x"}), "big").returncode == 0
+    body = "x" * (900 * 1024)
+    for _ in range(2):
+        r = plane.client.post("/api?n=3000000", content=body,
+                              headers={"host": "big.apps.test", "content-type": "text/plain"})
+        assert r.status_code == 200, r.text[:200]
+        out = r.json()
+        assert (out["got"], out["echo"], len(out["big"])) == (len(body), "xxxxx", 3_000_000)
 
 
 def test_an_infinite_loop_is_killed_at_the_deadline_and_a_memory_bomb_is_refused(plane: Plane, tmp_path: Path) -> None:
