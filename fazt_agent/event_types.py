@@ -371,6 +371,30 @@ class EmailDisconnected(EventData):
     retry_in_s: float
 
 
+@event_type("slack.refused")
+class SlackRefused(EventData):
+    """A Slack delivery that answered nothing and named no halt it could trust (`answer/slack.py`):
+    a request to /slack/interactivity whose signature is forged, stale or altered, a payload that is
+    not JSON or misses fields, an action or value this agent never posted. Refused answers to a
+    halt (not an owner, already answered) are `halt.answer_refused` (channel slack)."""
+
+    reason: str
+    via: str                        # socket (Socket Mode) or http (/slack/interactivity)
+    status: int | None = None       # the HTTP status answered (http)
+    user: str | None = None         # the Slack user ID the payload names (unverified when refused for its signature)
+    envelope_id: str | None = None  # the Socket Mode envelope
+    peer: str | None = None         # the client's address (http)
+
+
+@event_type("slack.disconnected")
+class SlackDisconnected(EventData):
+    """The Slack Socket Mode connection failed or dropped; the listener reconnects with backoff.
+    Recorded once per outage (the log has each attempt)."""
+
+    error: str
+    retry_in_s: float
+
+
 @event_type("webhook.refused")
 class WebhookRefused(EventData):
     """A webhook request that was not accepted (`web/webhooks.py`); nothing of it was recorded."""
@@ -388,6 +412,18 @@ class WebLoginRefused(EventData):
     accepted"; the reason here is for the owner. Never the token itself."""
 
     reason: str
+    peer: str | None = None         # the client's address
+
+
+@event_type("web.refused")
+class WebRefused(EventData):
+    """A dashboard form that did nothing (`web/dashboard.py`): no session, a missing or wrong CSRF
+    token, a scope too narrow, a value it does not accept. Refused halt answers are
+    `halt.answer_refused` (channel web)."""
+
+    action: str                     # what was asked: "autonomy high", "rollback blog to release 2"
+    reason: str
+    by: str | None = None           # the session's token name (None: no session)
     peer: str | None = None         # the client's address
 
 
@@ -415,17 +451,5 @@ class AgentReconciled(EventData):
     halts_run: list[int] = Field(default_factory=list)        # approved halts run
     halts_closed: list[int] = Field(default_factory=list)     # approved halts whose execution had ended
     asked: list[int] = Field(default_factory=list)            # pending halts whose owner was never asked
-@event_type("web.refused")
-class WebRefused(EventData):
-    """A dashboard form that did nothing (`web/dashboard.py`): no session, a missing or wrong CSRF
-    token, a scope too narrow, a value it does not accept. Refused halt answers are
-    `halt.answer_refused` (channel web)."""
-
-    action: str                     # what was asked: "autonomy high", "rollback blog to release 2"
-    reason: str
-    by: str | None = None           # the session's token name (None: no session)
-    peer: str | None = None         # the client's address
-
-
     resent: list[int] = Field(default_factory=list)           # notifications abandoned mid-send
     left_to_owners: list[str] = Field(default_factory=list)   # running work of live processes, untouched
