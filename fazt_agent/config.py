@@ -111,6 +111,14 @@ class SlackSection(Model):
     channel: str | None = None           # where halts are posted (an ID such as C0123 or a name)
     api_url: str = Field("https://slack.com/api/", pattern=r"^https?://")
 
+    @model_validator(mode="after")
+    def _complete(self) -> SlackSection:
+        if self.bot_token and not self.channel:
+            raise ValueError("set channel, where halts are posted (a channel ID such as 'C0123ABCD')")
+        if (self.app_token or self.signing_secret) and not self.bot_token:
+            raise ValueError("set bot_token (xoxb-...): clicks are answered and messages updated with it")
+        return self
+
 
 class EmailSection(Model):
     """Halts sent by SMTP and answered by replies read over IMAP IDLE (`answer/email.py`); off

@@ -157,3 +157,7 @@ def test_answer_channel_settings_are_checked_with_file_and_key(ops: Ops) -> None
     data["owners"][1]["slack"] = "U0456DEF"
     ops.config.write_text(tomli_w.dumps(data))
     assert ops.cli("config", "check").returncode == 0
+    data["slack"] = {"bot_token": "xoxb-1"}
+    ops.config.write_text(tomli_w.dumps(data))
+    result = ops.cli("config", "check")
+    assert result.returncode == 2 and f"{ops.config}:slack: set channel" in result.stderr
