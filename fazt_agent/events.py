@@ -14,7 +14,9 @@ The write path is tuned without changing a byte of what is recorded (tests/test_
 holds the hashes the earlier code wrote): the data is validated and serialised by the model's own
 pydantic validator and serializer, the canonical JSON comes from the C encoder `json.dumps` uses
 (built once, not per call), the tail of the chain is read in one query, and each event's `data` is
-the validated dict, not the JSON parsed back. Rows go to SQLite 100 per INSERT statement.
+the validated dict, not the JSON parsed back. Rows go to SQLite 100 per INSERT statement. `emit`
+outside a caller's transaction runs its whole transaction (tail, rows, commit) in one round trip
+to SQLite's thread (`Store.run_transaction`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import fnmatch
 import hashlib
 import json
 import logging
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Awaitable, Callable, Mapping, Sequence
@@ -177,10 +180,16 @@ class EventLog:
         return (await self.emit_many([NewEvent(type_, data, source, incident_id)]))[0]
 
     async def emit_many(self, items: Sequence[NewEvent]) -> list[Event]:
-        """Append events in one transaction (the fast path for batches), then deliver them."""
+        """Append events in one transaction (the fast path for batches), then deliver them.
+        Inside a transaction the caller holds, they join it (and are delivered after its commit)."""
         prepared = _prepare(items)   # validated and serialised before the write lock is taken
-        async with self.store.transaction() as db:
-            return await self._append(db, prepared)
+        if self.store.in_transaction():
+            async with self.store.transaction() as db:
+                return await self._append(db, prepared)
+        # the tail, the rows and the commit in one round trip to SQLite's thread (not four)
+        events = await self.store.run_transaction(lambda conn: self._append_now(conn, prepared))
+        await self.deliver(events)
+        return events
 
     async def append(self, db: aiosqlite.Connection, items: Sequence[NewEvent]) -> list[Event]:
         """Append events inside the write transaction `db` the caller holds (`Store.transaction()`),
@@ -190,23 +199,20 @@ class EventLog:
 
     async def _append(self, db: aiosqlite.Connection,
                       prepared: list[tuple[NewEvent, dict[str, Any], str]]) -> list[Event]:
-        [(last_hash, anchor, seq)] = await db.execute_fetchall(_TAIL)   # one round trip to SQLite's thread
-        prev = last_hash if last_hash is not None else anchor if anchor is not None else GENESIS
-        next_id = (seq or 0) + 1
-        now = iso(self.clock.now())
-        when = parse_iso(now)
-        values: list[Any] = []
-        events = []
-        for n, data, data_json in prepared:
-            type_, source, incident_id = n.type, n.source, n.incident_id
-            h = _hash(prev, next_id, now, type_, source, incident_id, data_json)
-            values += (next_id, now, type_, source, incident_id, data_json, prev, h)
-            events.append(_event(next_id, when, type_, source, incident_id, data, h))
-            prev = h
-            next_id += 1
+        [tail] = await db.execute_fetchall(_TAIL)   # one round trip to SQLite's thread
+        values, events = _chain(prepared, tail, iso(self.clock.now()))
         await _insert(db, values)
         # inside a caller's transaction (Store.transaction joins it) they commit with it: deliver after
         await self.store.after_commit(lambda: self.deliver(events))
+        return events
+
+    def _append_now(self, conn: sqlite3.Connection,
+                    prepared: list[tuple[NewEvent, dict[str, Any], str]]) -> list[Event]:
+        """`_append` on SQLite's thread, inside `Store.run_transaction`: the same rows."""
+        [tail] = conn.execute(_TAIL).fetchall()
+        values, events = _chain(prepared, tail, iso(self.clock.now()))
+        for sql, rows in _batches(values):
+            conn.executemany(sql, rows)
         return events
 
     async def deliver(self, events: Sequence[Event]) -> None:
@@ -327,17 +333,45 @@ _ROWS_PER_INSERT = 100   # 800 parameters: below SQLite's smallest limit (999 be
 _INSERT_MANY = _INSERT_ONE + ", (?, ?, ?, ?, ?, ?, ?, ?)" * (_ROWS_PER_INSERT - 1)
 
 
-async def _insert(db: aiosqlite.Connection, values: list[Any]) -> None:
-    """Insert rows given as one flat list of values: by `_ROWS_PER_INSERT` rows per statement,
-    the rest one row per statement, in at most two round trips to SQLite's thread. A statement of
-    100 rows costs SQLite and the sqlite3 module about 40 % less per row than `executemany` of a
-    one-row statement (one step and one binding pass instead of 100)."""
+def _chain(prepared: list[tuple[NewEvent, dict[str, Any], str]], tail: Any, now: str) -> tuple[list[Any], list[Event]]:
+    """The rows (one flat list of values) and the events that continue the chain from `tail`
+    (the row of `_TAIL`), all stamped `now`."""
+    last_hash, anchor, seq = tail
+    prev = last_hash if last_hash is not None else anchor if anchor is not None else GENESIS
+    next_id = (seq or 0) + 1
+    when = parse_iso(now)
+    values: list[Any] = []
+    events = []
+    for n, data, data_json in prepared:
+        type_, source, incident_id = n.type, n.source, n.incident_id
+        h = _hash(prev, next_id, now, type_, source, incident_id, data_json)
+        values += (next_id, now, type_, source, incident_id, data_json, prev, h)
+        events.append(_event(next_id, when, type_, source, incident_id, data, h))
+        prev = h
+        next_id += 1
+    return values, events
+
+
+def _batches(values: list[Any]) -> list[tuple[str, list[list[Any]]]]:
+    """Rows given as one flat list of values as `executemany` calls: by `_ROWS_PER_INSERT` rows per
+    statement, the rest one row per statement. A statement of 100 rows costs SQLite and the sqlite3
+    module about 40 % less per row than `executemany` of a one-row statement (one step and one
+    binding pass instead of 100)."""
     width = _COLUMNS * _ROWS_PER_INSERT
     full = len(values) // width * width
+    out = []
     if full:
-        await db.executemany(_INSERT_MANY, [values[i:i + width] for i in range(0, full, width)])
+        out.append((_INSERT_MANY, [values[i:i + width] for i in range(0, full, width)]))
     if full < len(values):
-        await db.executemany(_INSERT_ONE, [values[i:i + _COLUMNS] for i in range(full, len(values), _COLUMNS)])
+        out.append((_INSERT_ONE, [values[i:i + _COLUMNS] for i in range(full, len(values), _COLUMNS)]))
+    return out
+
+
+async def _insert(db: aiosqlite.Connection, values: list[Any]) -> None:
+    """Insert rows given as one flat list of values (`_batches`), in at most two round trips to
+    SQLite's thread."""
+    for sql, rows in _batches(values):
+        await db.executemany(sql, rows)
 
 
 def _prepare(items: Sequence[NewEvent]) -> list[tuple[NewEvent, dict[str, Any], str]]:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,7 +18,7 @@ import psutil
 import pytest
 
 from _mcp import create_token, events, http_client, listen, mcp_url, start_daemon, stop_process, wait_until
-from conftest import Ops
+from conftest import Ops, base_env
 
 
 @pytest.fixture
@@ -156,3 +159,69 @@ def test_a_worker_never_serves_another_data_dir_than_the_daemons(ops: Ops, daemo
     assert message.startswith("the MCP worker did not start") and "restart the daemon" in message
     assert str(tmp_path / "elsewhere") in message and not (tmp_path / "elsewhere").exists()
     assert worker_pid(ops) is None and daemon.poll() is None
+
+
+def worker_socket(pid: int) -> str:
+    """The unix socket a worker serves the daemon on, as /proc/net/unix names it (its listening
+    socket and its connections all carry the same name)."""
+    names = {c.laddr for c in psutil.Process(pid).net_connections(kind="unix") if c.laddr}
+    assert len(names) == 1, names
+    return names.pop()
+
+
+async def test_the_worker_answers_the_daemon_alone_on_an_abstract_socket_and_no_port(ops: Ops, daemon: Any) -> None:
+    token = create_token(ops, "laptop", "read")
+    await status(ops, token)
+    pid = worker_pid(ops)
+    assert pid is not None
+    listening = [c for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening == []                       # nothing on the network but the daemon's own port
+    name = worker_socket(pid)
+    assert name.startswith("@fazt-mcp-")         # Linux's abstract namespace: no file to protect or leave behind
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:   # any process but the daemon ...
+        other.settimeout(10)
+        other.connect("\0" + name[1:])
+        meta = json.dumps({"method": "POST", "path": "/mcp", "raw_path": "/mcp", "query": "", "client": None,
+                           "server": None, "headers": [["authorization", f"Bearer {token}"]]}).encode()
+        request = struct.pack(">I", len(meta)) + meta + b"{}"
+        try:
+            other.sendall(struct.pack(">cI", b"Q", len(request)) + request)
+            answer = other.recv(100)
+        except (BrokenPipeError, ConnectionResetError):   # hung up on before the request was all sent
+            answer = b""
+        assert answer == b""                     # ... is hung up on, unanswered
+    await status(ops, token)                     # the daemon still is not
+    assert worker_pid(ops) == pid
+    code, _, err = stop_process(daemon)
+    assert code == 0 and "refused a connection to the MCP worker" in err, err
+
+
+# the daemon as `python -m fazt_agent ... run`, writing the modules it imported to argv[1] at exit
+RECORD = ("import atexit, json, sys, runpy; out = sys.argv.pop(1); "
+          "atexit.register(lambda: open(out, 'w').write(json.dumps(sorted(sys.modules)))); "
+          "sys.argv[0] = 'fazt-agent'; runpy.run_module('fazt_agent', run_name='__main__')")
+
+
+async def test_serving_mcp_loads_neither_the_sdk_nor_an_http_client_into_the_daemon(ops: Ops, tmp_path: Path) -> None:
+    """The worker does the MCP work; the daemon passes ASGI messages to it over its socket."""
+    out = tmp_path / "daemon-modules.json"
+    proc = subprocess.Popen([sys.executable, "-c", RECORD, str(out), "--config", str(ops.config), "run"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=base_env())
+    try:
+        def healthy() -> bool:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                return httpx.get(f"http://{listen(ops)}/healthz", timeout=1).status_code in (200, 503)
+            except httpx.HTTPError:
+                return False
+
+        wait_until("the daemon's /healthz", healthy)
+        token = create_token(ops, "laptop", "read")
+        await status(ops, token)
+        assert worker_pid(ops) is not None
+    finally:
+        code, _, err = stop_process(proc)
+    assert code == 0, err
+    packages = {m.split(".")[0] for m in json.loads(out.read_text())}
+    assert not packages & {"mcp", "mcp_types", "httpcore", "httpx", "h2", "sse_starlette"}, sorted(packages)
+    assert [c["data"]["tool"] for c in events(ops, "mcp.call")] == ["fazt_pulse_status"]

@@ -30,6 +30,7 @@ SCOPES: tuple[ScopeName, ...] = ("read", "operate", "admin")
 PREFIX = "fzt_"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 TOUCH_EVERY = timedelta(seconds=60)   # last_used_at is written at most once a minute per token
+_ACTIVE = "SELECT * FROM tokens WHERE hash = ? AND revoked_at IS NULL"
 
 
 class TokenError(FaztAgentError):
@@ -114,10 +115,16 @@ class TokenStore:
         return token
 
     async def verify(self, secret: str) -> Token | None:
-        """The active token whose secret this is, or None; notes when it was last used."""
+        """The active token whose secret this is, or None; notes when it was last used.
+
+        Every request reads the token's row, so a revocation (by the CLI, another process) holds
+        from the next request on: nothing is cached. The read is `Store.peek` (one indexed lookup
+        on this thread, ~10 µs), not a round trip to SQLite's thread on the path of every request.
+        """
         if not secret.startswith(PREFIX):
             return None
-        token = await self._one("SELECT * FROM tokens WHERE hash = ? AND revoked_at IS NULL", (digest(secret),))
+        rows = await self.store.peek(_ACTIVE, (digest(secret),))
+        token = _from_row(rows[0]) if rows else None
         now = self.clock.now()
         if token is not None and (token.last_used_at is None or now - token.last_used_at >= TOUCH_EVERY):
             await self.store.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (iso(now), token.id))

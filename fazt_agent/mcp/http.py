@@ -126,36 +126,65 @@ async def serve(rt: Runtime, host: str, port: int, *, ready: Callable[[str], Non
     """`mcp serve --http`: /mcp (and /healthz) on host:port until SIGTERM or SIGINT.
 
     `public` is the address clients use when this is the daemon's worker (`mcp.worker`): Host and
-    Origin are checked against it, and the server also stops when its stdin closes (the daemon is
-    gone). `ready` gets the URL actually served (port 0 means any free port).
+    Origin are checked against it, /mcp is served to the daemon on a unix socket of its own
+    (`mcp.bridge`) instead of host:port, and the server also stops when its stdin closes (the daemon
+    is gone). `ready` gets the URL actually served (port 0 means any free port), or `unix:PATH`.
 
     Raises:
-        FaztAgentError: the address cannot be bound.
+        FaztAgentError: the address or the socket cannot be bound.
     """
     from ..engine import Engine
-    from ..web.app import create_app, start, stop
 
     seen_host, seen_port = public or (host, port)
     mount = McpMount(lambda: build(rt, Engine(rt), seen_host, seen_port))
-    app = create_app(lambda: (True, {"mcp": "worker" if public else "standalone"}), mcp=mount)
-    server, task = await start(app, host, port, "--listen")
-    port = server.servers[0].sockets[0].getsockname()[1]
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
-    if public:
-        _stop_on_eof(loop, done)
+    try:
+        if public:
+            _stop_on_eof(loop, done)
+            await _serve_worker(mount, done, ready)
+        else:
+            await _serve_http(mount, host, port, done, ready)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve_http(mount: McpMount, host: str, port: int, done: asyncio.Event,
+                      ready: Callable[[str], None]) -> None:
+    from ..web.app import create_app, start, stop
+
+    app = create_app(lambda: (True, {"mcp": "standalone"}), mcp=mount)
+    server, task = await start(app, host, port, "--listen")
+    port = server.servers[0].sockets[0].getsockname()[1]
     ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp")
     try:
         waiter = asyncio.create_task(done.wait())
         await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         await mount.aclose()
         await stop(server, task)
+
+
+async def _serve_worker(mount: McpMount, done: asyncio.Event, ready: Callable[[str], None]) -> None:
+    """The daemon's worker: /mcp for the daemon alone on an abstract unix socket, until `done`."""
+    from ..errors import FaztAgentError
+    from .bridge import Downstream, new_address
+
+    downstream = Downstream(mount, new_address())
+    try:
+        await downstream.start()
+    except OSError as e:
+        raise FaztAgentError(f"cannot listen on the unix socket {downstream.address}: {e.strerror or e}") from None
+    ready(f"unix:{downstream.address}")
+    try:
+        await done.wait()
+    finally:
+        await mount.aclose()
+        await downstream.aclose()
 
 
 def _stop_on_eof(loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:

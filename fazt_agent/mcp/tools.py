@@ -43,7 +43,7 @@ async def pulse_status(deps: Deps) -> PulseStatus:
     rt = deps.rt
     configured = {c.name for c in rt.pulse.checks}
     return PulseStatus(results=[CheckResultOut(**r.to_json(), measured_at=iso(ts))
-                                for ts, r in await rt.beats.latest() if r.check in configured])
+                                for ts, r in await rt.beats.latest(peek=True) if r.check in configured])
 
 
 async def pulse_history(deps: Deps, hours: float, limit: int) -> PulseHistory:

@@ -78,14 +78,16 @@ class BeatStore:
                 await events.append(db, [beat_event(beat, beat_id)])
         return beat_id
 
-    async def latest(self, since: datetime | None = None) -> list[tuple[datetime, CheckResult]]:
+    async def latest(self, since: datetime | None = None, *, peek: bool = False) -> list[tuple[datetime, CheckResult]]:
         """The newest result of every (check, target), with when it was measured; only those
-        measured at or after `since` when given. Ordered by check and target."""
+        measured at or after `since` when given. Ordered by check and target. `peek`: read with
+        `Store.peek` (an MCP tool call: a few index seeks per target, no round trip)."""
         sql, params = _LATEST, []
         if since is not None:
             sql += " WHERE r.ts >= ?"
             params.append(iso(since))
-        rows = await self.store.fetchall(sql + " ORDER BY r.check_name, r.target", params)
+        read = self.store.peek if peek else self.store.fetchall
+        rows = await read(sql + " ORDER BY r.check_name, r.target", params)
         return [(parse_iso(r["ts"]), _result(r)) for r in rows]
 
     async def last_beat(self) -> dict[str, Any] | None:

@@ -1,0 +1,68 @@
+"""Reads and writes on the path of every MCP call without a round trip per statement to SQLite's
+thread: `Store.peek` (a read on the caller's thread, on a second connection) and
+`Store.run_transaction` (a whole write transaction as one piece of work of that thread), with
+real database files and a second connection standing in for another process."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from fazt_agent.events import EventLog
+from fazt_agent.store import Store
+
+SETTING = "SELECT value FROM settings WHERE key = 'k'"
+
+
+async def test_peek_sees_every_commit_at_once_and_a_transaction_its_own_writes(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "agent.db")
+    try:
+        await store.set_setting("k", "1")
+        assert [r["value"] for r in await store.peek(SETTING)] == ["1"]
+        with closing(sqlite3.connect(tmp_path / "agent.db", isolation_level=None)) as other:   # another process
+            other.execute("UPDATE settings SET value = '2' WHERE key = 'k'")
+        assert [r["value"] for r in await store.peek(SETTING)] == ["2"]   # nothing cached
+        async with store.transaction() as db:
+            await db.execute("UPDATE settings SET value = '3' WHERE key = 'k'")
+            assert [r["value"] for r in await store.peek(SETTING)] == ["3"]   # its own, uncommitted write
+            with closing(sqlite3.connect(tmp_path / "agent.db")) as other:
+                assert other.execute(SETTING).fetchone()[0] == "2"
+        assert [r["value"] for r in await store.peek(SETTING)] == ["3"]
+    finally:
+        await store.close()
+    assert not (tmp_path / "agent.db-wal").exists()   # both connections closed: the last one checkpointed
+
+
+async def test_run_transaction_commits_whole_or_nothing_even_when_its_caller_is_cancelled(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "agent.db")
+    try:
+        log = EventLog(store)
+
+        def half(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO settings(key, value) VALUES ('k', 'half')")
+            raise OSError("disk full")
+
+        with pytest.raises(OSError, match="disk full"):
+            await store.run_transaction(half)
+        assert await store.peek(SETTING) == []
+        await log.emit("agent.paused", {"by": "cli"})
+        # cancelled once its transaction is under way: the event is written whole, then the
+        # cancellation goes on
+        task = asyncio.ensure_future(log.emit("agent.resumed", {"by": "cli"}))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with store.transaction():   # the store is usable: no transaction was left open
+            pass
+        assert [e.type for e in await log.list(newest_first=False)] == ["agent.paused", "agent.resumed"]
+        assert (await log.verify()).ok
+        with pytest.raises(RuntimeError, match="inside a transaction"):
+            async with store.transaction():
+                await store.run_transaction(lambda conn: None)
+    finally:
+        await store.close()
