@@ -47,7 +47,7 @@ class AppsPlane:
         self.domain = domain.lower().strip(".")
         self.timeout, self.memory, self.workers = timeout, memory, workers
         self._env: dict[int, dict[str, str]] = {}
-        self._api_files: dict[int, dict[str, str]] = {}
+        self._api: dict[int, tuple[int, bytes, float]] = {}   # app id -> (release id, spec, deadline)
         self._store: AppStore | None = None
         self._data_version = -1
         self._routes: dict[str, tuple[int, str, int] | None] = {}
@@ -79,7 +79,7 @@ class AppsPlane:
         """(app id, name, current release id) for a Host header value, or None."""
         version = self.store.db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:
-            self._data_version, self._routes, self._env = version, {}, {}
+            self._data_version, self._routes, self._env, self._api = version, {}, {}, {}
         if host in self._routes:
             return self._routes[host]
         name = host.rpartition(":")[0] if host.count(":") == 1 else host
@@ -171,26 +171,41 @@ class AppsPlane:
             return
         if self.pool is None:
             self.pool = js.JsPool(self.workers)
-        files = self._api_files.get(release_id)
-        if files is None:
-            files = self._api_files[release_id] = {p: str(self.store.blob_path(h)) for p, (h, _) in manifest.items()
-                                                   if p.startswith("api/") and p.endswith(".js")}
-        env = self._env.get(app_id)
-        if env is None:
-            env = self._env[app_id] = self.store.env(app_id)
-        job = {"app_id": app_id, "name": name, "files": files, "env": env, "memory": self.memory,
-               "data": str(self.store.root / "data" / f"{app_id}.db"),
-               "request": js.parse_request(scope, headers, body)}
-        out = await self.pool.run(job, float(settings.get("timeout", self.timeout)))
-        entries = [(e["level"], e["message"]) for e in out.get("logs", [])]
+        spec, timeout = self._api_spec(app_id, name, release_id, manifest, settings)
+        out = await self.pool.run(spec, js.encode_request(scope, headers, body), timeout)
+        logs = out.get("logs")
+        entries = [(e["level"], e["message"]) for e in logs] if logs else []
         if "error" in out:
             entries.append(("error", f"{scope['method']} {scope['path']}: {out['error']}"))
         if entries:
             self.store.add_logs(app_id, entries)
         status, out_headers, out_body = js.response(out)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": out_headers + [(b"content-length", str(len(out_body)).encode())]})
+        out_headers.append((b"content-length", str(len(out_body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": out_body})
+
+    def _api_spec(self, app_id: int, name: str, release_id: int, manifest: dict[str, list[Any]],
+                  settings: dict[str, Any]) -> tuple[bytes, float]:
+        """The app's side of a job line (files, env, data file, limits: js.JsPool.run) and its
+        deadline, encoded once per release and kept until apps.db changes (its env with it), so a
+        request only encodes its own part."""
+        from . import js
+
+        hit = self._api.get(app_id)
+        if hit is not None and hit[0] == release_id:
+            return hit[1], hit[2]
+        files = {p: str(self.store.blob_path(h)) for p, (h, _) in manifest.items()
+                 if p.startswith("api/") and p.endswith(".js")}
+        env = self._env.get(app_id)
+        if env is None:
+            env = self._env[app_id] = self.store.env(app_id)
+        spec = js.encode_spec({"app_id": app_id, "name": name, "files": files, "env": env, "memory": self.memory,
+                               "data": str(self.store.root / "data" / f"{app_id}.db")})
+        if len(self._api) > 1000:
+            self._api.clear()
+        timeout = float(settings.get("timeout", self.timeout))
+        self._api[app_id] = (release_id, spec, timeout)
+        return spec, timeout
 
     async def directory(self, send: Send) -> None:
         """The apps, their current release, deploy time and health path, for the `app` check
