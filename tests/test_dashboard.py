@@ -165,7 +165,7 @@ def test_in_a_browser_the_owner_follows_a_check_live_approves_from_the_overview_
     """Log in, see `grow` turn critical without a reload, open its trend, approve the halt on the
     overview (it runs once), read the incident's timeline, follow an event link, log out; then the
     same pages on a phone, without JavaScript, and through axe-core. Screenshots stay in tmp."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     s = scene(ops, tmp_path)
     token = create_token(ops, "laptop", "operate")
@@ -201,12 +201,12 @@ def test_in_a_browser_the_owner_follows_a_check_live_approves_from_the_overview_
             row = page.locator(f'tr[data-key="{grow_key}"]')
             assert row.locator(".status").inner_text() == "warning"
             assert "size 11.7 KiB" in row.locator(".value").inner_text()
-            page.wait_for_function("document.getElementById('live').textContent.startsWith('Live:')")
+            # locator assertions, not wait_for_function: its string predicate is eval'd in the page,
+            # which the page's CSP (no 'unsafe-eval') refuses
+            expect(page.locator("#live")).to_have_text(re.compile(r"^\s*Live:"), timeout=20_000)
             page.evaluate("window.stayed = true")
             (s.grow / "more.bin").write_bytes(b"x" * 36_000)   # 48 KB: over the critical 40 KB
-            page.wait_for_function(
-                "key => [...document.querySelectorAll('tr[data-key]')].some(tr => tr.dataset.key === key"
-                " && tr.querySelector('.status').textContent.trim() === 'critical')", arg=grow_key, timeout=20_000)
+            expect(page.locator(f'tr[data-key="{grow_key}"] .status')).to_have_text("critical", timeout=20_000)
             assert page.evaluate("window.stayed === true")   # the same page: updated, not reloaded
             assert "size 46.9 KiB" in row.locator(".value").inner_text()
             shot(page, "overview-laptop")
