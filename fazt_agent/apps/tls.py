@@ -3,8 +3,8 @@ in kernel/*.toml), chosen by SNI and reloaded after each renewal without a resta
 
 How it is served. uvicorn's own TLS settings (`ssl_certfile`, `ssl_keyfile`) load one certificate:
 no SNI. But uvicorn hands whatever `Config(ssl_context_factory=...)` returns to
-`loop.create_server(sock=..., ssl=...)`, so `start` binds the socket (as the plain listener does)
-and gives uvicorn one outer context holding no certificate, only an `sni_callback`: in each
+`loop.create_server(sock=..., ssl=...)`, so `start` serves through `web.app.start` (the plain
+listener's) and gives uvicorn one outer context holding no certificate, only an `sni_callback`: in each
 handshake it points the connection at the chosen certificate's own context
 (`SSLObject.context = ...`, the standard library's SNI mechanism; OpenSSL calls it without SNI
 too, with None). HTTP stays uvicorn's, with the same ASGI app as the plain listener; requests
@@ -30,13 +30,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..certs.config import Certificate
-from ..errors import FaztAgentError
 
 log = logging.getLogger(__name__)
 RELOAD_INTERVAL = 2.0
@@ -271,34 +269,15 @@ class TlsListener:
 
 async def start(app: Any, host: str, port: int, context: ssl.SSLContext,
                 setting: str) -> tuple[Any, asyncio.Task[None]]:
-    """Listen on host:port with TLS `context` and serve `app` with uvicorn in a task (as
-    `web.app.start` does for plain HTTP); returns once it accepts connections.
+    """Listen on host:port with TLS `context` and serve `app` with uvicorn in a task
+    (`web.app.start`); returns once it accepts connections.
 
     Raises:
         FaztAgentError: the address cannot be bound (`setting` names where it was configured).
     """
-    import uvicorn
+    from ..web.app import start as serve
 
-    from ..web.app import QuietServer
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)   # IPPROTO_TCP: asyncio sets TCP_NODELAY
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise FaztAgentError(f"cannot listen on {listen} ({setting}): {e.strerror or e}") from None
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            ssl_context_factory=lambda _config, _default: context)
-    server = QuietServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not task.done():
-        await asyncio.sleep(0.01)
-    if task.done():
-        raise FaztAgentError(f"the apps plane's TLS listener on {listen} failed to start: {task.exception()}")
-    return server, task
+    return await serve(app, host, port, setting, ssl_context=context, what="the apps plane's TLS listener")
 
 
 def describe(certificates: Sequence[Certificate]) -> str:

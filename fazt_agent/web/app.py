@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from typing import Any, Callable, Iterator, Sequence
 
 import uvicorn
@@ -61,8 +62,11 @@ class QuietServer(uvicorn.Server):
             await asyncio.sleep(1.0)
 
 
-async def start(app: ASGIApp, host: str, port: int, setting: str) -> tuple[QuietServer, asyncio.Task[None]]:
-    """Listen on host:port and serve `app` in a task; returns once it accepts connections.
+async def start(app: ASGIApp, host: str, port: int, setting: str, *, ssl_context: ssl.SSLContext | None = None,
+                what: str = "the control plane") -> tuple[QuietServer, asyncio.Task[None]]:
+    """Listen on host:port and serve `app` in a task; returns once it accepts connections. With
+    `ssl_context`, over TLS (uvicorn's own ssl settings hold one certificate; the apps plane's
+    context chooses one by SNI).
 
     Raises:
         FaztAgentError: the address cannot be bound (`setting` names where it was configured).
@@ -79,12 +83,13 @@ async def start(app: ASGIApp, host: str, port: int, setting: str) -> tuple[Quiet
         sock.close()
         raise FaztAgentError(f"cannot listen on {listen} ({setting}): {e.strerror or e}") from None
     sock.set_inheritable(True)
-    server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    tls: dict[str, Any] = {"ssl_context_factory": lambda _config, _default: ssl_context} if ssl_context else {}
+    server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **tls))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if task.done():
-        raise FaztAgentError(f"the control plane on {listen} failed to start: {task.exception()}")
+        raise FaztAgentError(f"{what} on {listen} failed to start: {task.exception()}")
     return server, task
 
 
