@@ -236,8 +236,9 @@ if (request.query.f === 'dirty') {
 
 def test_js_workers_yield_to_the_daemon(plane: Plane, tmp_path: Path) -> None:
     """JS workers run at nice 10 (a worker woken by a job does not preempt the daemon, whose loop
-    also serves the static files and the control plane) with a larger malloc cache (a worker frees
-    and makes a whole QuickJS runtime per request)."""
+    also serves the static files and the control plane) with mimalloc loaded (a worker frees and
+    makes a whole QuickJS runtime per request; scripts/system-deps installs Debian's libmimalloc2.0)
+    and, for glibc's malloc, a larger cache; the daemon itself keeps glibc's malloc."""
     assert deploy(plane.ops, site(tmp_path / "n", {"api/main.js": "'ok'", "index.html": "x"}), "nice").returncode == 0
     assert api(plane, "GET", "/api", app="nice").text == "ok"
     workers = js_workers(plane)
@@ -246,6 +247,8 @@ def test_js_workers_yield_to_the_daemon(plane: Plane, tmp_path: Path) -> None:
     for w in workers:
         assert w.nice() == min(19, daemon_nice + 10)
         assert "glibc.malloc.tcache_count=256" in w.environ().get("GLIBC_TUNABLES", "")
+        assert any("libmimalloc" in (m.path or "") for m in w.memory_maps()), "mimalloc is not loaded in the JS worker"
+    assert not any("libmimalloc" in (m.path or "") for m in psutil.Process(plane.proc.pid).memory_maps())
 
 
 def test_fazt_app_calls_fill_missing_arguments_and_drop_extra_ones(plane: Plane, tmp_path: Path) -> None:

