@@ -6,7 +6,9 @@ daemon serving them, and `wrk` (Debian package) as the load generator:
 
 - static requests/s and p50/p99 latency: apps plane vs nginx (`worker_processes auto`), same file;
 - serverless requests/s (`/api` running api/main.js in QuickJS workers); target >= 50 % of the
-  apps plane's static rate;
+  apps plane's static rate; each measured after a 1 s warm-up, with the CPU time per request of
+  the server process and of its children (nginx's workers, the JS workers), which other load on
+  the machine disturbs less than requests/s;
 - deploy time of a 1,000-file app (the CLI's wall clock, and the deploy itself as recorded);
 - RSS: the daemon with no apps, the daemon with the apps plane up but idle, after the load, and
   its JS worker processes separately. Target: the idle daemon without apps stays <= 60 MiB
@@ -54,6 +56,7 @@ def wrk(url: str, host: str, seconds: int, connections: int) -> dict[str, float]
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"Host: {host}", url],
                          capture_output=True, text=True, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 
     def lat(q: str) -> float:
@@ -61,7 +64,7 @@ def wrk(url: str, host: str, seconds: int, connections: int) -> dict[str, float]
         assert m, out
         return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
-    return {"rps": rps, "p50_ms": lat("50"), "p99_ms": lat("99"), "non_2xx": float(errors.group(1)) if errors else 0.0}
+    return {"rps": rps, "requests": requests, "p50_ms": lat("50"), "p99_ms": lat("99"), "non_2xx": float(errors.group(1)) if errors else 0.0}
 
 
 def wait_http(url: str, host: str, timeout: float = 30) -> None:
@@ -73,6 +76,19 @@ def wait_http(url: str, host: str, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing answers at {url} (Host {host})")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) of a process and of its children (nginx's workers, the JS workers)."""
+    def used(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return t.user + t.system
+
+    parent = psutil.Process(pid)
+    return used(parent), sum(used(c) for c in parent.children())
 
 
 def rss_mb(pid: int) -> float:
@@ -171,9 +187,18 @@ def main() -> int:
             wait_http(f"http://127.0.0.1:{nginx_port}/", "localhost")
             time.sleep(2)
             result["rss_apps_idle_mb"] = rss_mb(proc.pid)
-            result["nginx_static"] = wrk(f"http://127.0.0.1:{nginx_port}/", "localhost", args.seconds, args.connections)
-            result["apps_static"] = wrk(url, "site.bench.test", args.seconds, args.connections)
-            result["apps_serverless"] = wrk(f"{url}api?n=1", "fn.bench.test", args.seconds, args.connections)
+            targets = {"nginx_static": (f"http://127.0.0.1:{nginx_port}/", "localhost"),
+                       "apps_static": (url, "site.bench.test"), "apps_serverless": (f"{url}api?n=1", "fn.bench.test")}
+            for key, (where, host) in targets.items():   # warm: the JS workers started, the caches filled
+                wrk(where, host, 1, args.connections)
+                server = ng.pid if key == "nginx_static" else proc.pid
+                before = cpu_seconds(server)
+                result[key] = wrk(where, host, args.seconds, args.connections)
+                after = cpu_seconds(server)
+                # CPU per request, which a busy machine disturbs less than requests/s
+                n = result[key]["requests"]
+                result[key]["server_cpu_us"] = (after[0] - before[0]) / n * 1e6
+                result[key]["workers_cpu_us"] = (after[1] - before[1]) / n * 1e6
             result["rss_after_load_mb"] = rss_mb(proc.pid)
             workers = [c for c in psutil.Process(proc.pid).children() if "fazt_agent.apps.worker" in " ".join(c.cmdline())]
             result["js_workers"] = {"count": len(workers), "rss_mb_each": [w.memory_info().rss / MB for w in workers]}
@@ -192,7 +217,8 @@ def main() -> int:
     else:
         for key in ("nginx_static", "apps_static", "apps_serverless"):
             r = result[key]
-            print(f"{key:16} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+            print(f"{key:16} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  CPU per "
+                  f"request: server {r['server_cpu_us']:.0f} us, its workers {r['workers_cpu_us']:.0f} us"
                   f"{'  non-2xx ' + str(int(r['non_2xx'])) if r['non_2xx'] else ''}")
         print(f"apps plane static = {result['static_share_of_nginx']:.0%} of nginx; serverless = {share:.0%} of "
               f"static (target >= {SERVERLESS_SHARE:.0%}): {result['targets']['serverless_share']}")
