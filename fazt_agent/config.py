@@ -129,6 +129,8 @@ class EmailSection(Model):
     smtp_host: str | None = None
     smtp_port: int = Field(587, ge=1, le=65535)
     smtp_starttls: bool = True
+    # TLS from the first byte (SMTPS), as port 465 expects; unset: on for port 465 only
+    smtp_implicit_tls: bool | None = None
     smtp_username: str | None = None
     smtp_password: str | None = None     # from the environment: "${SMTP_PASSWORD}"
     imap_host: str | None = None
@@ -139,6 +141,12 @@ class EmailSection(Model):
     mailbox: str = "INBOX"
     dkim: bool = True                    # accept replies whose DKIM signature verifies
     authserv_id: str | None = None       # ... or that this server's Authentication-Results says pass
+
+    @property
+    def smtp_tls(self) -> str:
+        """How the SMTP connection is protected: "implicit" (SMTPS), "starttls" or "none"."""
+        implicit = self.smtp_port == 465 if self.smtp_implicit_tls is None else self.smtp_implicit_tls
+        return "implicit" if implicit else "starttls" if self.smtp_starttls else "none"
 
     @model_validator(mode="after")
     def _needs_address(self) -> EmailSection:

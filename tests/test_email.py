@@ -227,10 +227,13 @@ class Outbox:
         return wait_until(what, lambda: predicate(self.messages()), timeout)
 
 
-def start_smtp(outbox: Outbox, tls: Any = None) -> Controller:
+def start_smtp(outbox: Outbox, tls: Any = None, *, implicit: bool = False) -> Controller:
+    """aiosmtpd requiring a login; with `tls`, over STARTTLS, or with `implicit`, TLS from the first byte."""
     kwargs: dict[str, Any] = {"auth_require_tls": tls is not None, "authenticator": outbox.authenticate,
                               "auth_required": True}
-    if tls is not None:
+    if tls is not None and implicit:   # a plain-text client fails the handshake; aiosmtpd cannot tell
+        kwargs.update(ssl_context=tls, auth_require_tls=False)   # this TLS from none, so AUTH must not wait for it
+    elif tls is not None:
         kwargs.update(tls_context=tls, require_starttls=True)
     controller = Controller(outbox, hostname="127.0.0.1", port=outbox.port, **kwargs)
     controller.start()
@@ -660,10 +663,12 @@ def test_a_refused_smtp_login_is_retried_later_and_never_shows_the_password(
     assert wrong not in err and wrong not in dump and IMAP_PASSWORD not in err
 
 
+@pytest.mark.parametrize("smtp", ["starttls", "implicit"])
 def test_starttls_and_imaps_are_used_when_configured(
-        ops: Ops, tmp_path: Path, keys: dict[str, Key]) -> None:
+        ops: Ops, tmp_path: Path, keys: dict[str, Key], smtp: str) -> None:
     """The defaults: SMTP with STARTTLS, IMAP over TLS, each server's certificate verified (here
-    against a CA the test makes, through SSL_CERT_FILE)."""
+    against a CA the test makes, through SSL_CERT_FILE); and SMTP over TLS from the first byte
+    (SMTPS, what port 465 speaks) with `smtp_implicit_tls = true`."""
     import ssl
 
     ca_file, cert_file, key_file = make_tls(tmp_path)
@@ -674,12 +679,12 @@ def test_starttls_and_imaps_are_used_when_configured(
     box = Outbox(free_port())
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
-    controller = start_smtp(box, tls=context)
+    controller = start_smtp(box, tls=context, implicit=smtp == "implicit")
     try:
         server.start()
         root, files = destructive_junk(ops, tmp_path)
         ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "10KB"\n')
-        configure(ops, server, box, tls=True)
+        configure(ops, server, box, tls=True, **({"smtp_implicit_tls": True} if smtp == "implicit" else {}))
         agent = Agent(ops, server, box, agent_env(tmp_path, keys, SSL_CERT_FILE=str(ca_file)), files)
         agent.start()
         try:
@@ -694,6 +699,19 @@ def test_starttls_and_imaps_are_used_when_configured(
         controller.stop()
         server.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_port_465_speaks_tls_from_the_first_byte_unless_told_otherwise() -> None:
+    """Port 465 is SMTPS; 587 and 25 start in plain text and upgrade with STARTTLS."""
+    from fazt_agent.config import EmailSection
+
+    def tls(**kw: Any) -> str:
+        return EmailSection(address=AGENT, smtp_host="smtp.example.com", **kw).smtp_tls
+
+    assert tls() == "starttls" and tls(smtp_port=25) == "starttls"
+    assert tls(smtp_port=465) == "implicit" and tls(smtp_port=2465, smtp_implicit_tls=True) == "implicit"
+    assert tls(smtp_port=465, smtp_implicit_tls=False) == "starttls"
+    assert tls(smtp_starttls=False) == "none" and tls(smtp_port=465, smtp_starttls=False) == "implicit"
 
 
 def make_tls(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -108,7 +108,8 @@ def answer_help(options: list[str]) -> str:
 # -- sending ---------------------------------------------------------------------------------
 
 class Smtp:
-    """The agent's own sender: `[email] smtp_*` (STARTTLS unless turned off, a login when set)."""
+    """The agent's own sender: `[email] smtp_*` (TLS from the first byte on port 465 or with
+    `smtp_implicit_tls`, else STARTTLS unless turned off; a login when set)."""
 
     def __init__(self, section: EmailSection):
         self.section = section
@@ -134,9 +135,13 @@ class Smtp:
         s = self.section
         assert s.smtp_host and s.address
         try:
-            with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=SMTP_TIMEOUT) as smtp:
+            tls = s.smtp_tls
+            connection = (smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=SMTP_TIMEOUT,
+                                           context=ssl.create_default_context()) if tls == "implicit"
+                          else smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=SMTP_TIMEOUT))
+            with connection as smtp:
                 smtp.ehlo()
-                if s.smtp_starttls:   # never falls back to plain text: no STARTTLS is an error
+                if tls == "starttls":   # never falls back to plain text: no STARTTLS is an error
                     smtp.starttls(context=ssl.create_default_context())
                     smtp.ehlo()
                 if s.smtp_username:
