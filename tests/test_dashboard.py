@@ -191,13 +191,12 @@ def test_in_a_browser_the_owner_follows_a_check_live_approves_from_the_overview_
             problems: list[str] = []
             page.on("console", lambda m: problems.append(m.text))
             page.goto(url("/"))
-            assert page.url == url("/login")
+            assert page.url == url("/login?next=.%2F")
             page.fill("#token", token)
             page.click("form.login button")
-            page.wait_for_url(url("/approvals"))
+            page.wait_for_url(url("/"))   # back to the page it asked for
 
             # the overview follows the beats: grow goes from warning to critical without a reload
-            page.goto(url("/"))
             row = page.locator(f'tr[data-key="{grow_key}"]')
             assert row.locator(".status").inner_text() == "warning"
             assert "size 11.7 KiB" in row.locator(".value").inner_text()
@@ -271,7 +270,7 @@ def test_in_a_browser_the_owner_follows_a_check_live_approves_from_the_overview_
             page.click("form.logout button")
             page.wait_for_url(url("/login"))
             page.goto(url("/"))
-            assert page.url == url("/login")
+            assert page.url == url("/login?next=.%2F")
             assert not [m for m in problems if "Content Security Policy" in m or "Refused" in m], problems
             laptop.close()
 
@@ -340,7 +339,25 @@ def test_every_page_needs_a_session_and_every_form_its_csrf_token_and_scope(ops:
         for path in ("/", "/trends", "/trends/grow", "/incidents", f"/incidents/{halt['incident_id']}", "/events",
                      "/events/1", "/apps"):
             r = httpx.get(url + path)
-            assert r.status_code == 303 and r.headers["location"].endswith("login"), path
+            assert r.status_code == 303 and r.headers["location"].split("?")[0].endswith("login"), path
+
+        # the login brings the owner back to the page asked for, and only to a page of this site
+        with httpx.Client(base_url=url, timeout=30) as client:
+            asked = client.get("/trends/grow?range=24h")
+            assert asked.headers["location"] == "../login?next=trends%2Fgrow%3Frange%3D24h"
+            form = client.get("/login?next=trends%2Fgrow%3Frange%3D24h")
+            assert '<input type="hidden" name="next" value="trends/grow?range=24h">' in form.text
+            entered = client.post("/login", data={"token": admin, "csrf": csrf_of(form), "next": "trends/grow?range=24h"})
+            assert entered.status_code == 303 and entered.headers["location"] == "trends/grow?range=24h"
+            assert client.get("/trends/grow?range=24h").status_code == 200
+        with httpx.Client(base_url=url, timeout=30) as client:
+            assert client.get("/").headers["location"] == "./login?next=.%2F"
+        for hostile in ("//evil.example/x", "https://evil.example", "/etc", "../x", "a/../../x", "a\\b", "java script:x"):
+            with httpx.Client(base_url=url, timeout=30) as client:
+                form = client.get("/login", params={"next": hostile})
+                assert 'name="next"' not in form.text, hostile
+                entered = client.post("/login", data={"token": admin, "csrf": csrf_of(form), "next": hostile})
+                assert entered.status_code == 303 and entered.headers["location"] == "approvals", hostile
         assert httpx.get(url + "/live").status_code == 401
         assert httpx.get(url + "/events.jsonl").status_code == 401
         forms = {"/answer": {"halt_id": str(halt["id"]), "option": "approve"}, "/autonomy": {"level": "high"},
@@ -368,6 +385,8 @@ def test_every_page_needs_a_session_and_every_form_its_csrf_token_and_scope(ops:
                 forged = client.post("/answer", data={**forms["/answer"], **bad})
                 assert forged.status_code == 403 and "CSRF" in text(forged), bad
             assert client.post("/autonomy", data={"level": "high", "csrf": csrf_of(page)}).status_code == 403
+            assert 'action="./pause"' not in page.text
+            assert client.post("/pause", data={"paused": "1", "csrf": csrf_of(page)}).status_code == 403
             odd = client.post("/answer", data={"halt_id": "\u0661", "option": "approve", "csrf": csrf_of(page)})
             assert odd.status_code == 400 and "names no halt" in text(odd)
 
@@ -379,7 +398,7 @@ def test_every_page_needs_a_session_and_every_form_its_csrf_token_and_scope(ops:
         web_refusals = [(r["data"]["by"], r["data"]["action"], r["data"]["reason"]) for r in events(ops, "web.refused")]
         assert [(by, action) for by, action, _ in web_refusals] == [
             (None, "autonomy high"), (None, "rollback blog to release 1"), (None, "verify the event chain"),
-            ("reader", "autonomy high"), ("phone", "autonomy high")]
+            ("reader", "autonomy high"), ("phone", "autonomy high"), ("phone", "pause")]
         assert "'operate' scope; this needs 'admin'" in web_refusals[-1][2]
 
         # admin: sets the autonomy level; status says who set it
@@ -393,6 +412,21 @@ def test_every_page_needs_a_session_and_every_form_its_csrf_token_and_scope(ops:
             status = json.loads(ops.cli("status", "--json").stdout)
             assert status["autonomy"] == "high" and status["autonomy_detail"]["by"] == "web:boss"
             assert "set by web:boss" in text(client.get("/"))
+            # ... and pauses and resumes the agent, as `fazt-agent pause` / `resume` do
+            page = client.get("/")
+            assert 'action="./pause"' in page.text and ">Pause</button>" in page.text
+            assert client.post("/pause", data={"paused": "yes", "csrf": csrf_of(page)}).status_code == 400
+            done = client.post("/pause", data={"paused": "1", "csrf": csrf_of(page)})
+            assert done.status_code == 303 and done.headers["location"] == "./#agent"
+            status = json.loads(ops.cli("status", "--json").stdout)
+            assert status["paused"] and status["paused_by"] == "web:boss"
+            page = client.get("/")
+            assert ">Resume</button>" in page.text and "by web:boss since" in text(page)
+            assert client.post("/pause", data={"paused": "0", "csrf": csrf_of(page)}).status_code == 303
+            assert not json.loads(ops.cli("status", "--json").stdout)["paused"]
+        assert [(e["type"], e["data"]["by"]) for e in events(ops, "agent.*")
+                if e["type"] in ("agent.paused", "agent.resumed")] == [
+            ("agent.paused", "web:boss"), ("agent.resumed", "web:boss")]
         [changed] = [e["data"] for e in events(ops, "autonomy.changed")]
         assert (changed["old"], changed["new"], changed["by"]) == ("medium", "high", "web:boss")
 

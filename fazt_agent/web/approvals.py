@@ -22,6 +22,7 @@ daemon never loads it), with one stylesheet from the package, a strict CSP and n
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -162,18 +163,19 @@ class Approvals:
 
     async def login(self, request: Request) -> Response:
         if request.method != "POST":
-            return self._login_form()
+            return self._login_form(back=safe_next(request.query_params.get("next", "")))
         form = await self._form(request)
+        back = safe_next(form.get("next", ""))
         nonce = request.cookies.get(LOGIN_COOKIE, "")
         if not nonce or not self._check("login", nonce, form.get("csrf", "")):
             return await self._login_refused(request, "the login form was stale or not this site's (CSRF)",
-                                             "This login form has expired; log in again.", 403)
+                                             "This login form has expired; log in again.", 403, back)
         token = await self.tokens.verify(form.get("token", "").strip())
         if token is None:
-            return await self._login_refused(request, "unknown or revoked token", NOT_ACCEPTED, 401)
+            return await self._login_refused(request, "unknown or revoked token", NOT_ACCEPTED, 401, back)
         expires = int((self.now() + timedelta(seconds=SESSION_LIFETIME)).timestamp())
         session_id = f"{token.id}.{expires}.{secrets.token_urlsafe(12)}"
-        response = RedirectResponse("approvals", status_code=303, headers=SECURITY_HEADERS)
+        response = RedirectResponse(back or "approvals", status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(SESSION_COOKIE, f"{session_id}.{self.signer.mac('session', session_id)}",
                             max_age=int(SESSION_LIFETIME), path="/", secure=self.secure, httponly=True,
                             samesite="strict")
@@ -181,15 +183,16 @@ class Approvals:
         log.info("approvals: %s logged in (scope %s)", token.name, token.scope)
         return response
 
-    def _login_form(self, refused: str | None = None, status: int = 200) -> Response:
+    def _login_form(self, refused: str | None = None, status: int = 200, back: str | None = None) -> Response:
         nonce = secrets.token_urlsafe(16)
-        response = self._page("login.html", {"refused": refused, "csrf": self.signer.mac("login", nonce)},
-                              status=status)
+        response = self._page("login.html", {"refused": refused, "csrf": self.signer.mac("login", nonce),
+                                             "next": back}, status=status)
         response.set_cookie(LOGIN_COOKIE, nonce, max_age=LOGIN_FORM_LIFETIME, path="/login", secure=self.secure,
                             httponly=True, samesite="strict")
         return response
 
-    async def _login_refused(self, request: Request, reason: str, shown: str, status: int) -> Response:
+    async def _login_refused(self, request: Request, reason: str, shown: str, status: int,
+                             back: str | None) -> Response:
         from ..event_types import WebLoginRefused
 
         client = request.client
@@ -198,7 +201,7 @@ class Approvals:
                 reason=reason, peer=f"{client.host}:{client.port}" if client else None), source="web")
         except Exception:   # recording the refusal must not turn it into a 500
             log.exception("could not record web.login_refused")
-        return self._login_form(shown, status)
+        return self._login_form(shown, status, back)
 
     async def logout(self, request: Request) -> Response:
         session = await self._session(request)
@@ -380,3 +383,19 @@ def outcome(option: str, result: dict[str, Any]) -> tuple[bool, str]:
     if option == "deny":
         return True, "Denied: nothing runs."
     return True, f"Answered '{option}'."
+
+
+_NEXT = re.compile(r"[A-Za-z0-9_.~-]+(?:/[A-Za-z0-9_.~%-]+)*/?(?:\?[A-Za-z0-9_.~%=&+-]*)?")
+
+
+def safe_next(value: str) -> str | None:
+    """Where a login goes next: a page of this control plane as a relative path (`trends/disk?range=24h`,
+    how its links are written, so a reverse proxy's prefix is kept), or None. Never another site
+    (`//host`, `https:`), never up and out (`..`)."""
+    if value == "./" or value.startswith("./?") and _NEXT.fullmatch("x" + value[2:]):   # the overview
+        return value
+    if not value or len(value) > 500 or not _NEXT.fullmatch(value):
+        return None
+    if any(part in (".", "..") for part in value.split("?", 1)[0].split("/")):
+        return None
+    return value

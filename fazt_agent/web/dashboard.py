@@ -94,6 +94,7 @@ class Dashboard:
         return [Route("/", self.overview, methods=["GET"]),
                 Route("/answer", self.answer, methods=["POST"]),
                 Route("/autonomy", self.autonomy, methods=["POST"]),
+                Route("/pause", self.pause, methods=["POST"]),
                 Route("/trends", self.trends_index, methods=["GET"]),
                 Route("/trends/{check}", self.trends, methods=["GET"]),
                 Route("/incidents", self.incidents, methods=["GET"]),
@@ -117,7 +118,7 @@ class Dashboard:
     async def overview(self, request: Request) -> Response:
         session, root = await self.pages._session(request), root_of(request)
         if session is None:
-            return to_login(root)
+            return to_login(request)
         rt = self.rt
         open_incidents = await self.engine.incidents.list(status="open", limit=500)
         by_severity: dict[str, int] = {}
@@ -157,7 +158,7 @@ class Dashboard:
         return {"id": beat["id"], "status": beat["status"], "when": f"{when(at)} ({self._ago(at)})",
                 "duration": format_duration(beat["duration_ms"] / 1000)}
 
-    # -- forms: answer a halt, set the autonomy ------------------------------------------------
+    # -- forms: answer a halt, set the autonomy, pause ------------------------------------------------
 
     async def answer(self, request: Request) -> Response:
         """Answer a pending halt from the overview (operate), through the one answer path."""
@@ -200,6 +201,21 @@ class Dashboard:
         await self.engine.set_autonomy(level, by=f"web:{session.name}")
         return RedirectResponse(f"{root}#autonomy", status_code=303, headers=HEADERS)
 
+    async def pause(self, request: Request) -> Response:
+        """Pause or resume the agent (admin), as `fazt-agent pause` / `resume` do; by `web:TOKEN`."""
+        root = root_of(request)
+        session, form = await self.pages._session(request), await self.pages._form(request)
+        want = form.get("paused", "")
+        refused = self._guard(session, form, "admin")
+        if refused is None and want not in ("1", "0"):
+            refused = ("the form says neither pause nor resume", 400)
+        if refused is not None:
+            await self._record_refusal(request, session, "resume" if want == "0" else "pause", refused[0])
+            return self._refused(request, session, refused, back=("", "Back to the overview"))
+        assert session is not None
+        await self.engine.set_paused(want == "1", by=f"web:{session.name}")
+        return RedirectResponse(f"{root}#agent", status_code=303, headers=HEADERS)
+
     def _guard(self, session: Session | None, form: dict[str, str], scope: str) -> tuple[str, int] | None:
         """Why a form may not act (reason, HTTP status), or None: a session, its CSRF token, its scope."""
         from ..mcp.auth import covers
@@ -234,14 +250,14 @@ class Dashboard:
     async def trends_index(self, request: Request) -> Response:
         session = await self.pages._session(request)
         if session is None:
-            return to_login(root_of(request))
+            return to_login(request)
         return self._page("dashboard/trends_index.html", request, session, {"checks": await self.check_rows()})
 
     async def trends(self, request: Request) -> Response:
         """Charts of one check: per target and metric, over the chosen range, thresholds drawn."""
         session, root = await self.pages._session(request), root_of(request)
         if session is None:
-            return to_login(root)
+            return to_login(request)
         name = request.path_params["check"]
         check = next((c for c in self.rt.pulse.checks if c.name == name), None)
         targets = await self.rt.beats.targets(name)
@@ -337,7 +353,7 @@ class Dashboard:
     async def incidents(self, request: Request) -> Response:
         session = await self.pages._session(request)
         if session is None:
-            return to_login(root_of(request))
+            return to_login(request)
         return self._page("dashboard/incidents.html", request, session,
                           {"incidents": await self.engine.incidents.list(limit=100)})
 
@@ -345,7 +361,7 @@ class Dashboard:
         """One incident's timeline: its events, oldest first, each with what it says."""
         session, root = await self.pages._session(request), root_of(request)
         if session is None:
-            return to_login(root)
+            return to_login(request)
         incident_id = number(request.path_params["id"])
         incident = await self.engine.incidents.get(incident_id) if incident_id is not None else None
         if incident is None:
@@ -362,7 +378,7 @@ class Dashboard:
         """Events filtered by type glob, time and incident, newest first, PAGE a page."""
         session = await self.pages._session(request)
         if session is None:
-            return to_login(root_of(request))
+            return to_login(request)
         query, problem = self._filters(request)
         events: list[Event] = []
         if problem is None:
@@ -440,7 +456,7 @@ class Dashboard:
     async def event(self, request: Request) -> Response:
         session = await self.pages._session(request)
         if session is None:
-            return to_login(root_of(request))
+            return to_login(request)
         event_id = number(request.path_params["id"])
         e = await self.rt.events.get(event_id) if event_id is not None else None
         if e is None:
@@ -469,7 +485,7 @@ class Dashboard:
     async def apps(self, request: Request) -> Response:
         session = await self.pages._session(request)
         if session is None:
-            return to_login(root_of(request))
+            return to_login(request)
         apps = await asyncio.to_thread(self._apps)
         return self._page("dashboard/apps.html", request, session, {"apps": apps})
 
@@ -608,8 +624,13 @@ def root_of(request: Request) -> str:
     return "./" if depth <= 1 else "../" * (depth - 1)
 
 
-def to_login(root: str) -> Response:
-    return RedirectResponse(f"{root}login", status_code=303, headers=HEADERS)
+def to_login(request: Request) -> Response:
+    """To the login, which brings the owner back to this page (`next`, relative like every link here)."""
+    from urllib.parse import quote
+
+    back = (request.url.path.lstrip("/") or "./") + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"{root_of(request)}login" + (f"?next={quote(back, safe='')}" if back else ""),
+                            status_code=303, headers=HEADERS)
 
 
 def severity_rank(severity: str) -> int:
