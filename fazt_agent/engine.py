@@ -315,8 +315,11 @@ class Engine:
         if fingerprint == self._loaded:
             return False
         self._loaded = fingerprint
-        policy, issues = load_policy(self.rt.config.folders["policies"], set(ACTIONS), set(CHECKS))
-        kernel, kernel_issues = load_kernel(self.rt.config.folders["kernel"])
+        # in a thread: reading the files, validating them and asking git for the policy's version
+        # (two subprocesses) would otherwise hold the daemon's loop, its beats and its listeners
+        policy, issues = await asyncio.to_thread(load_policy, self.rt.config.folders["policies"], set(ACTIONS),
+                                                 set(CHECKS))
+        kernel, kernel_issues = await asyncio.to_thread(load_kernel, self.rt.config.folders["kernel"])
         issues += kernel_issues
         if issues:
             await self.rt.events.emit("policy.rejected", PolicyRejected(

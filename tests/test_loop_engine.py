@@ -189,6 +189,37 @@ async def test_a_policy_edit_is_reloaded_and_a_broken_one_refused(engine: Engine
     assert len(await types(engine, "policy.reloaded")) == 1
 
 
+async def test_a_policy_reload_leaves_the_loop_free_while_git_answers(engine: Engine, ops: Ops, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy's version asks git; a slow git (a big repository, a cold disk) must not stop the
+    daemon's loop, which also runs the beats and serves the control plane."""
+    import asyncio
+    import os
+    import shutil
+
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    (slow / "git").write_text(f"#!/bin/sh\nsleep 0.4\nexec {shutil.which('git')} \"$@\"\n")
+    (slow / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}{os.pathsep}{os.environ['PATH']}")
+    (ops.dir / "policies" / "extra.toml").write_text('[[rules]]\nname = "x"\naction = "notify"\nargs = { message = "hi" }\n')
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    try:
+        assert await engine.reload_policy() is True
+    finally:
+        ticker.cancel()
+    assert engine.policy.rule("x") is not None
+    assert ticks >= 10   # git took at least 0.4 s, during which the loop kept turning (0 when it blocked)
+
+
 async def test_maintenance_window_holds_actions_silently(engine: Engine, clock: FakeClock, junk: Path, ops: Ops) -> None:
     default = ops.dir / "policies" / "default.toml"
     default.write_text(default.read_text().replace('timezone = "UTC"', 'timezone = "Europe/Berlin"')
