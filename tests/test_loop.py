@@ -185,6 +185,28 @@ def test_policy_simulate_shows_plan_and_verdict_without_side_effects(ops: Ops, j
     assert events(ops) == []
 
 
+def test_policy_simulate_counts_what_already_ran_on_the_same_target(ops: Ops, junk: Path, tmp_path: Path) -> None:
+    """The verdict the daemon would give now: a cleanup that ran on this target within the rule's
+    cooldown holds the next one (notify), as the gate would."""
+    incident = tmp_path / "incident.json"
+    incident.write_text(json.dumps({"check": "junk", "kind": "dir_size", "target": str(junk), "severity": "warning"}))
+
+    def simulate() -> dict:
+        result = ops.cli("policy", "simulate", "--incident", str(incident), "--autonomy", "high", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    fill(junk, 10)
+    assert simulate()["verdict"] == "act"
+    assert ops.cli("autonomy", "high").returncode == 0
+    ops.cli("beat")
+    assert [a["data"]["action"] for a in events(ops, "action.started")] == ["cleanup"]
+    fill(junk, 10, prefix="again")
+    held = simulate()
+    assert held["verdict"] == "notify" and "cooldown" in held["reason"], held
+    assert len(list(junk.iterdir())) == 10 and len(events(ops, "action.started")) == 1
+
+
 def test_policy_check_reports_file_and_key(ops: Ops) -> None:
     path = ops.dir / "policies" / "bad.toml"
     path.write_text('[[rules]]\nname = "x"\naction = "reboot"\n\n[[rules]]\nname = "y"\naction = "notify"\n'

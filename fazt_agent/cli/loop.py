@@ -103,7 +103,7 @@ def policy_simulate(incident_file: Path = typer.Option(..., "--incident", exists
                                       "action": proposal.action, "args": proposal.args}
             if proposal.action is None:
                 return {**result, "verdict": "notify", "reason": proposal.reason, "plan": None}
-            ev = await e.evaluate(proposal, None, level)
+            ev = await e.evaluate(proposal, incident, level)   # its check/target's history: cooldown, window
             if ev.rejected or ev.failed:
                 return {**result, "verdict": "notify", "reason": ev.rejected or ev.failed, "plan": None}
             return {**result, "verdict": ev.judgement.verdict, "reason": ev.judgement.reason,
