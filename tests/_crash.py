@@ -15,15 +15,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import tomli_w
+
+from _helpers import wait_until  # noqa: F401 (scripts/crash-campaign imports it from here)
 
 TERMINAL = ("action.succeeded", "action.failed", "action.ineffective", "action.interrupted")
 
@@ -35,17 +36,6 @@ def env(base: dict[str, str], crash_at: str | None = None, pause_at: str | None 
     if pause_at:
         out["FAZT_AGENT_PAUSE_AT"] = pause_at
     return out
-
-
-def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from datetime import time as clock_time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 from zoneinfo import ZoneInfo
 
 import pytest
 import tomli_w
+
+if TYPE_CHECKING:
+    from fazt_agent.testing import ScriptedLLM
 
 
 _PORT_BLOCK = 2000  # ports per pytest-xdist worker, below the kernel's ephemeral range
@@ -138,3 +141,23 @@ def ops(tmp_path: Path) -> Ops:
     o = Ops(tmp_path / "ops")
     o.set_config("http", "listen", f"127.0.0.1:{free_port()}")
     return o
+
+
+@pytest.fixture
+def junk(ops: Ops, tmp_path: Path) -> Path:
+    """A cleanup root watched by a dir_size check (warning at 20 KB), allowed by the policy."""
+    root = tmp_path / "junk"
+    root.mkdir()
+    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "20KB"\n')
+    (ops.dir / "policies" / "local.toml").write_text(f'[constraints]\ncleanup_roots = ["{root}"]\n')
+    return root
+
+
+@pytest.fixture
+def llm(ops: Ops) -> Iterator[ScriptedLLM]:
+    """A scripted model on loopback (fazt_agent.testing), the one config.toml's [llm] base_url names."""
+    from fazt_agent.testing import ScriptedLLM
+
+    with ScriptedLLM() as server:
+        ops.set_config("llm", "base_url", server.url)
+        yield server

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from _helpers import incidents
 from _mcp import create_token, events, listen, start_daemon, stop_process, wait_until
 from conftest import Ops, free_port
 
@@ -36,12 +37,6 @@ def daemon(ops: Ops) -> Iterator[subprocess.Popen[str]]:
 
 def webhook_url(ops: Ops) -> str:
     return f"http://{listen(ops)}/webhooks/alertmanager"
-
-
-def incidents(ops: Ops) -> list[dict[str, Any]]:
-    result = ops.cli("incidents", "list", "--all", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def now() -> datetime:

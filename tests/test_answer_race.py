@@ -18,11 +18,12 @@ import httpx
 import pytest
 import tomli_w
 
+from _helpers import csrf_of, db_events, wait_until
 from _mcp import destructive_junk, listen, stdio_client
 from conftest import Ops
-from test_approvals_web import csrf_of, login
+from test_approvals_web import login
 from test_email import (ALICE, IMAP_PASSWORD, SMTP_PASSWORD, Agent, Dovecot, Key, Outbox, agent_env,  # noqa: F401
-                        configure, dovecot, events, keys, outbox, raw, reply, sign, wait_until)
+                        configure, dovecot, keys, outbox, raw, reply, sign)
 from test_slack import APP_TOKEN, BOT_TOKEN, OWNER, SIGNING_SECRET, FakeSlack, buttons_of, click, slack, text_of  # noqa: F401
 
 CHANNELS = ("slack", "email", "link", "web", "cli", "mcp")
@@ -106,16 +107,16 @@ def test_the_same_halt_answered_at_once_from_every_channel_is_answered_once(
     assert not [r for r in results.values() if isinstance(r, Exception)], results
 
     # exactly one answer, five refusals naming it; each channel recorded
-    refused = wait_until("five refusals", lambda: (r := events(ops, "halt.answer_refused")) and len(r) >= 5 and r)
-    [answered] = events(ops, "halt.answered")
+    refused = wait_until("five refusals", lambda: (r := db_events(ops, "halt.answer_refused")) and len(r) >= 5 and r)
+    [answered] = db_events(ops, "halt.answered")
     winner = answered["channel"]
     assert winner in CHANNELS
     assert sorted(r["channel"] for r in refused) == sorted(c for c in CHANNELS if c != winner)
     assert all("already answered 'approve'" in r["reason"] or "already used" in r["reason"]
                for r in refused), refused
-    assert len(events(ops, "halt.answer_refused")) == 5
+    assert len(db_events(ops, "halt.answer_refused")) == 5
     # the plan ran once
-    assert len(events(ops, "action.started")) == 1
+    assert len(db_events(ops, "action.started")) == 1
     assert not any(f.exists() for f in agent.files)
     row = json.loads(ops.cli("halts", "show", str(halt["id"]), "--json", env=agent.env).stdout)
     print(f"the winner: {winner}")

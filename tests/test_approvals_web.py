@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,12 +18,12 @@ from typing import Any, Iterator
 
 import httpx
 
-from _mcp import create_token, events, fill, listen, stop_process, wait_until
-from conftest import Ops, base_env
+from _helpers import CHROMIUM, base, browser_dirs, csrf_of, fits, halt_list, web_daemon
+from _mcp import create_token, events, fill, listen, wait_until
+from conftest import Ops
 
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'")
-CHROMIUM = "/usr/bin/chromium"
 
 
 # -- a daemon with pending halts ---------------------------------------------------------------
@@ -55,36 +53,8 @@ def daemon(ops: Ops, tmp_path: Path, halts: int = 1) -> Iterator[Path]:
     """`fazt-agent run` with its log in a file (the log channel: notifications go there); yields
     the log once the first beat has opened `halts` halts."""
     log = tmp_path / "daemon.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(ops.config), "run"],
-                                stdout=subprocess.DEVNULL, stderr=err, text=True, env=base_env())
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the daemon exited with {proc.returncode}: {log.read_text()}")
-        try:
-            return httpx.get(f"{base(ops)}/healthz", timeout=1).status_code in (200, 503)
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until("the daemon's /healthz", up)
-        wait_until(f"{halts} halts", lambda: len(halt_list(ops)) >= halts)
+    with web_daemon(ops, log, halts):
         yield log
-    finally:
-        if proc.poll() is None:
-            code, _, _ = stop_process(proc)
-            assert code == 0, log.read_text()
-
-
-def base(ops: Ops) -> str:
-    return f"http://{listen(ops)}"
-
-
-def halt_list(ops: Ops) -> list[dict[str, Any]]:
-    result = ops.cli("halts", "list", "--all", "--json")
-    assert result.returncode == 0, result.stderr
-    return sorted(json.loads(result.stdout), key=lambda h: h["id"])
 
 
 def show(ops: Ops, halt_id: int) -> dict[str, Any]:
@@ -251,10 +221,6 @@ def login(client: httpx.Client, ops: Ops, token: str) -> httpx.Response:
     return client.post(f"{base(ops)}/login", data={"token": token, "csrf": csrf})
 
 
-def csrf_of(page: httpx.Response) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
-
-
 def test_the_approvals_page_needs_a_session_a_csrf_token_and_the_operate_scope(ops: Ops, tmp_path: Path) -> None:
     files = junk(ops, tmp_path)["junk"]
     reader, operator = create_token(ops, "reader", "read"), create_token(ops, "phone", "operate")
@@ -359,11 +325,7 @@ def test_in_a_browser_the_owner_approves_on_the_page_and_by_a_signed_link(ops: O
 
     files = junk(ops, tmp_path, names=("junk-a", "junk-b"))
     token = create_token(ops, "laptop", "operate")
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    browsers = tmp_path / "no-browsers"   # Playwright's own download dir: stays empty
-    browsers.mkdir()
-    monkeypatch.setenv("PLAYWRIGHT_BROWSERS_PATH", str(browsers))
+    shots, browsers = browser_dirs(tmp_path, monkeypatch)
     with daemon(ops, tmp_path, halts=2), sync_playwright() as p:
         by_root = {Path(show(ops, h["id"])["plan"]["args"]["root"]).name: h for h in halt_list(ops)}
         first, second = by_root["junk-a"], by_root["junk-b"]
@@ -420,8 +382,3 @@ def test_in_a_browser_the_owner_approves_on_the_page_and_by_a_signed_link(ops: O
     assert sorted(p.name for p in shots.iterdir()) == [
         "approvals-laptop.png", "approvals-phone.png", "approved-laptop.png", "link-done-phone.png",
         "link-phone.png"]
-
-
-def fits(page: Any) -> bool:
-    """No sideways scrolling: the page is as wide as the screen."""
-    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from _helpers import events, run_daemon, stop_daemon
 from conftest import Ops, base_env, free_port
 
 
@@ -55,21 +56,14 @@ def configure(ops: Ops, **apps: Any) -> int:
 @pytest.fixture
 def plane(ops: Ops) -> Iterator[Plane]:
     port = configure(ops, enabled=True)
-    proc = subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(ops.config), "run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env())
-    p = Plane(ops, port, proc)
+    p = Plane(ops, port, run_daemon(ops, stdout=subprocess.PIPE))
     try:
         p.wait_listening()
         yield p
     finally:
         p.client.close()
-        proc = p.proc   # a test may have restarted the daemon: stop the one running now
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        # a test may have restarted the daemon: stop the one running now
+        stop_daemon(p.proc, 10, check=False, must_stop=False)
 
 
 def site(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -83,12 +77,6 @@ def site(root: Path, files: dict[str, str | bytes]) -> Path:
 
 def deploy(ops: Ops, source: Path, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return ops.cli("deploy", str(source), "--name", name, "--json", *extra)
-
-
-def events(ops: Ops, pattern: str) -> list[dict[str, Any]]:
-    r = ops.cli("events", "list", "--type", pattern, "--json", "--limit", "1000")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def test_static_app_served_by_host_with_types_etag_304_and_spa(plane: Plane, tmp_path: Path) -> None:
@@ -119,8 +107,7 @@ def test_static_app_served_by_host_with_types_etag_304_and_spa(plane: Plane, tmp
 
 def test_first_deploy_starts_the_apps_plane_of_a_daemon_without_apps(ops: Ops, tmp_path: Path) -> None:
     port = configure(ops)   # [apps] not enabled, no apps: no listener
-    proc = subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(ops.config), "run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env())
+    proc = run_daemon(ops, stdout=subprocess.PIPE)
     p = Plane(ops, port, proc)
     try:
         time.sleep(2.5)
@@ -131,8 +118,7 @@ def test_first_deploy_starts_the_apps_plane_of_a_daemon_without_apps(ops: Ops, t
         p.wait_listening(10)
         assert p.get("blog").text == "hi"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
+        stop_daemon(proc, 10, check=False)
         p.client.close()
 
 

@@ -5,15 +5,15 @@ failing soon after its deploy. Real CLI, real daemon, real HTTP."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-from conftest import Ops, base_env
-from test_apps_deploy import Plane, configure, deploy, events, plane, site  # noqa: F401 (plane is a fixture)
+import _helpers
+from _helpers import events, run_daemon, stop_daemon
+from conftest import Ops
+from test_apps_deploy import Plane, configure, deploy, plane, site  # noqa: F401 (plane is a fixture)
 
 V1 = {"index.html": "v1", "health.txt": "ok", "fazt.toml": 'health = "/health.txt"\n'}
 V2 = {"index.html": "v2", "fazt.toml": 'health = "/api/health"\n',
@@ -26,14 +26,7 @@ def app_check(ops: Ops, port: int) -> None:
                             'domain = "apps.test"\n')
 
 
-def wait_for(what: str, probe: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_until = partial(_helpers.wait_until, interval=0.3)
 
 
 def test_the_app_check_probes_each_app_through_the_apps_plane(plane: Plane, tmp_path: Path) -> None:
@@ -63,21 +56,19 @@ def test_an_app_failing_soon_after_a_deploy_is_rolled_back_at_medium(plane: Plan
     app_check(ops, plane.port)
     ops.set_config("pulse", "interval", "1s")
     ops.set_config("agent", "autonomy", "medium")
-    plane.proc.send_signal(signal.SIGTERM)
-    plane.proc.communicate(timeout=10)
-    plane.proc = subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(ops.config), "run"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env())
+    stop_daemon(plane.proc, 10, check=False)
+    plane.proc = run_daemon(ops, stdout=subprocess.PIPE)
     plane.wait_listening()
     time.sleep(2)
     assert plane.get("shop", "/api/break").status_code == 200     # v2 starts failing
     assert plane.get("shop", "/api/health").status_code == 500
-    wait_for("the rollback", lambda: plane.get("shop").text == "v1")
-    [done] = wait_for("action.succeeded", lambda: events(ops, "action.succeeded"))
+    wait_until("the rollback", lambda: plane.get("shop").text == "v1")
+    [done] = wait_until("action.succeeded", lambda: events(ops, "action.succeeded"))
     assert done["data"]["action"] == "app.rollback"
     [rolled] = events(ops, "app.rolled_back")
     assert (rolled["data"]["from_release"], rolled["data"]["to_release"]) == (2, 1)
     assert json.loads(ops.cli("apps", "info", "shop", "--json").stdout)["release"] == 1
-    wait_for("the incident resolved", lambda: events(ops, "incident.resolved"))
+    wait_until("the incident resolved", lambda: events(ops, "incident.resolved"))
 
 
 def test_low_autonomy_only_notifies_and_an_old_release_is_not_rolled_back(ops: Ops, tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from _helpers import events
 from _mcp import stdio_client
-from test_apps_deploy import Plane, events, plane  # noqa: F401 (plane is a fixture)
+from test_apps_deploy import Plane, plane  # noqa: F401 (plane is a fixture)
 
 APP_TOOLS = {"fazt_apps_list", "fazt_app_info", "fazt_deploy", "fazt_app_releases", "fazt_app_rollback",
              "fazt_app_logs", "fazt_app_delete"}

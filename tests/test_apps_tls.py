@@ -5,24 +5,24 @@ own installer (`certs/install.py`, as `ssl.renew` writes them), and a real TLS c
 
 from __future__ import annotations
 
-import signal
 import socket
 import ssl
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import _helpers
+from _helpers import events, run_daemon, stop_daemon
 from _pebble import Issuer, make_ca, make_leaf
-from conftest import Ops, base_env, free_port
+from conftest import Ops, free_port
 from fazt_agent.certs.install import install
-from test_apps_deploy import Plane, configure, deploy, events, site
+from test_apps_deploy import Plane, configure, deploy, site
 
 CUSTOM = "blog.example.test"   # the app's custom domain: certificate "custom", declared first
 WILD = "*.apps.test"           # every NAME.apps.test: certificate "wild"
@@ -66,14 +66,7 @@ def serial(der: bytes | None) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+wait_until = partial(_helpers.wait_until, timeout=15, interval=0.2)
 
 
 @dataclass
@@ -146,23 +139,17 @@ def tls(ops: Ops, tmp_path: Path) -> Iterator[Tls]:
     port = configure(ops, enabled=True)
     state.port = free_port()
     ops.set_config("apps", "tls_listen", f"127.0.0.1:{state.port}")
-    proc = subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(ops.config), "run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env())
+    proc = run_daemon(ops, stdout=subprocess.PIPE)
     state.plane = Plane(ops, port, proc)
     try:
         state.plane.wait_listening()
-        wait_for("the TLS listener", lambda: _accepts(state.port))
+        wait_until("the TLS listener", lambda: _accepts(state.port))
         assert deploy(ops, site(tmp_path / "blog", BLOG), "blog").returncode == 0
         yield state
     finally:
         state.plane.client.close()
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+            stop_daemon(proc, 10, check=False, must_stop=False)
 
 
 def _accepts(port: int) -> bool:
@@ -171,14 +158,6 @@ def _accepts(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def stop(tls: Tls) -> str:
-    """Stop the daemon (SIGTERM) and return its log (stderr)."""
-    tls.proc.send_signal(signal.SIGTERM)
-    _, err = tls.proc.communicate(timeout=10)
-    assert tls.proc.returncode == 0, err
-    return err
 
 
 def test_each_domain_gets_its_certificate_by_sni_and_the_app_is_served(tls: Tls) -> None:
@@ -202,8 +181,8 @@ def test_a_renewed_certificate_reaches_new_connections_without_a_restart(tls: Tl
 
     renewed = tls.renew("wild", [WILD])
     assert renewed != before
-    wait_for("the renewed certificate on a new connection",   # the reload looks every 2 s
-             lambda: tls.served("blog.apps.test", "blog.apps.test")[0] == renewed, timeout=10)
+    wait_until("the renewed certificate on a new connection",   # the reload looks every 2 s
+               lambda: tls.served("blog.apps.test", "blog.apps.test")[0] == renewed, timeout=10)
     assert tls.served(CUSTOM, CUSTOM)[0] == tls.serials["custom"]        # the other one untouched
 
     # the connection opened before keeps its certificate and is still served
@@ -213,14 +192,14 @@ def test_a_renewed_certificate_reaches_new_connections_without_a_restart(tls: Tl
     assert tls.proc.poll() is None
     assert [e["data"]["pid"] for e in events(tls.plane.ops, "agent.started")] == [tls.proc.pid]
     assert events(tls.plane.ops, "apps.tls_error") == []
-    assert "certificate 'wild' reloaded from" in stop(tls)
+    assert "certificate 'wild' reloaded from" in stop_daemon(tls.proc, 10)
 
 
 def test_a_broken_replacement_keeps_the_previous_certificate_and_is_recorded_once(tls: Tls) -> None:
     good = tls.serials["custom"]
     # a renewal that wrote a certificate with a key that is not its own
     tls.renew("custom", [CUSTOM], key=ec.generate_private_key(ec.SECP256R1()))
-    found = wait_for("apps.tls_error", lambda: events(tls.plane.ops, "apps.tls_error"))
+    found = wait_until("apps.tls_error", lambda: events(tls.plane.ops, "apps.tls_error"))
     data = found[0]["data"]
     assert data["certificate"] == "custom" and data["serving_previous"] is True
     assert data["cert_path"] == str(tls.certs / "custom" / "fullchain.pem")
@@ -231,22 +210,22 @@ def test_a_broken_replacement_keeps_the_previous_certificate_and_is_recorded_onc
     # renewing the other certificate now proves a later look happened: it reloads that one, and
     # does not record the broken one again
     wild = tls.renew("wild", [WILD])
-    wait_for("the other certificate renewed", lambda: tls.served("blog.apps.test", "blog.apps.test")[0] == wild)
+    wait_until("the other certificate renewed", lambda: tls.served("blog.apps.test", "blog.apps.test")[0] == wild)
     assert len(events(tls.plane.ops, "apps.tls_error")) == 1
     assert tls.served(CUSTOM, CUSTOM)[0] == good
 
     # not a certificate at all: the previous one still serves, and this is recorded too
     (tls.certs / "custom" / "fullchain.pem").write_text("not a certificate\n")
-    wait_for("the second apps.tls_error", lambda: len(events(tls.plane.ops, "apps.tls_error")) == 2)
+    wait_until("the second apps.tls_error", lambda: len(events(tls.plane.ops, "apps.tls_error")) == 2)
     assert tls.served(CUSTOM, CUSTOM)[0] == good
 
     fixed = tls.renew("custom", [CUSTOM])   # the next good renewal is served
-    wait_for("the fixed certificate", lambda: tls.served(CUSTOM, CUSTOM)[0] == fixed, timeout=10)
+    wait_until("the fixed certificate", lambda: tls.served(CUSTOM, CUSTOM)[0] == fixed, timeout=10)
     errors = events(tls.plane.ops, "apps.tls_error")
     assert len(errors) == 2, errors     # each broken version once, not at every look
     assert "is not a PEM certificate chain" in errors[0]["data"]["error"] + errors[1]["data"]["error"]
     assert [e["data"]["pid"] for e in events(tls.plane.ops, "agent.started")] == [tls.proc.pid]
-    log = stop(tls)
+    log = stop_daemon(tls.proc, 10)
     assert "certificate 'custom' not loaded (the previous one is still served)" in log
     assert "certificate 'custom' reloaded from" in log
 

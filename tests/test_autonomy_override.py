@@ -5,42 +5,18 @@ from (config.toml, or an override set by whom and when), and an edit of config.t
 from __future__ import annotations
 
 import json
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
-from typing import Any, Callable
+from functools import partial
+from typing import Any
 
-from conftest import Ops, base_env
+import _helpers
+from _helpers import db_events, run_daemon, stop_daemon
+from conftest import Ops
 
 BROKEN = '[[checks]]\nname = "broken"\nkind = "command"\ncommand = ["/bin/sh", "-c", "echo CRITICAL - down; exit 2"]\n'
 
 
-def start(ops: Ops) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(ops.config), "run"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=base_env())
-
-
-def stop(daemon: subprocess.Popen[str]) -> str:
-    if daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)
-    _, err = daemon.communicate(timeout=15)
-    return err
-
-
-def events(ops: Ops, type_: str) -> list[dict[str, Any]]:
-    with sqlite3.connect(ops.data_dir / "fazt-agent.db") as db:
-        return [json.loads(d) for (d,) in db.execute("SELECT data FROM events WHERE type = ? ORDER BY id", (type_,))]
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_until = partial(_helpers.wait_until, interval=0.1)
 
 
 def status(ops: Ops) -> dict[str, Any]:
@@ -74,7 +50,7 @@ def test_status_and_config_check_say_that_an_override_is_in_force_and_what_the_f
     # setting the file's own level again clears the override
     assert "high → low (from config.toml)" in ops.cli("autonomy", "low").stdout
     assert status(ops)["autonomy_detail"]["source"] == "config"
-    assert [e["note"] for e in events(ops, "autonomy.changed")] == [
+    assert [e["note"] for e in db_events(ops, "autonomy.changed")] == [
         "overrides the config file's low until [agent] autonomy is edited there",
         "the config file's level again (the override is cleared)"]
 
@@ -95,50 +71,52 @@ def test_a_running_daemon_follows_edits_of_the_config_files_autonomy(ops: Ops) -
     ops.set_config("agent", "autonomy", "low")
     assert ops.cli("autonomy", "high").returncode == 0   # an override of low...
     ops.set_config("agent", "autonomy", "medium")         # ...that an edit made while stopped ends
-    daemon = start(ops)
+    daemon = run_daemon(ops)
     try:
-        wait_until("the stale override to be cleared at start", lambda: len(events(ops, "autonomy.changed")) == 2)
-        at_start = events(ops, "autonomy.changed")[1]
+        wait_until("the stale override to be cleared at start", lambda: len(db_events(ops, "autonomy.changed")) == 2)
+        at_start = db_events(ops, "autonomy.changed")[1]
         assert (at_start["old"], at_start["new"], at_start["by"]) == ("high", "medium", "config")
         assert "the override to high (set by cli at " in at_start["note"]
-        wait_until("the first decision", lambda: len(events(ops, "decision.made")) == 1)
+        wait_until("the first decision", lambda: len(db_events(ops, "decision.made")) == 1)
 
         assert ops.cli("autonomy", "high").returncode == 0   # an override while the daemon runs
         assert status(ops)["autonomy_detail"]["source"] == "override"
-        wait_until("a decision at high", lambda: any(d["autonomy"] == "high" for d in events(ops, "decision.made")))
+        wait_until("a decision at high", lambda: any(d["autonomy"] == "high" for d in db_events(ops, "decision.made")))
 
         ops.set_config("agent", "autonomy", "low")             # the owner edits the file
-        wait_until("the edit to be followed", lambda: len(events(ops, "autonomy.changed")) == 4)
-        edit = events(ops, "autonomy.changed")[3]
+        wait_until("the edit to be followed", lambda: len(db_events(ops, "autonomy.changed")) == 4)
+        edit = db_events(ops, "autonomy.changed")[3]
         assert (edit["old"], edit["new"], edit["by"]) == ("high", "low", "config")
         assert edit["note"].startswith("[agent] autonomy edited in the config file from medium to low; "
                                        "the override to high (set by cli at ")
         data = status(ops)
         assert data["autonomy"] == "low" and data["autonomy_detail"]["source"] == "config"
         wait_until("the open incident decided again at low",
-                   lambda: events(ops, "decision.made")[-1]["autonomy"] == "low")
-        assert events(ops, "decision.made")[-1]["trigger"] == "retry"
+                   lambda: db_events(ops, "decision.made")[-1]["autonomy"] == "low")
+        assert db_events(ops, "decision.made")[-1]["trigger"] == "retry"
 
         good = ops.config.read_text()
         ops.config.write_text(good.replace('autonomy = "low"', 'autonomy = "high'))   # a broken edit: not TOML
-        wait_until("the broken edit to be recorded", lambda: len(events(ops, "agent.alert")) == 1)
-        alert = events(ops, "agent.alert")[0]
+        wait_until("the broken edit to be recorded", lambda: len(db_events(ops, "agent.alert")) == 1)
+        alert = db_events(ops, "agent.alert")[0]
         assert "autonomy stays low" in alert["message"] and "invalid TOML" in alert["message"]
         assert alert["file"] == str(ops.config)
         time.sleep(2.5)   # another housekeeping round: recorded once, the daemon still runs
-        assert daemon.poll() is None and len(events(ops, "agent.alert")) == 1
+        assert daemon.poll() is None and len(db_events(ops, "agent.alert")) == 1
 
         ops.config.write_text(good.replace('autonomy = "low"', 'autonomy = "max"'))   # TOML, but no level
-        wait_until("the unknown level to be recorded", lambda: len(events(ops, "agent.alert")) == 2)
-        assert f"{ops.config}:agent.autonomy: unknown autonomy level 'max'" in events(ops, "agent.alert")[1]["message"]
-        assert daemon.poll() is None and len(events(ops, "autonomy.changed")) == 4
+        wait_until("the unknown level to be recorded", lambda: len(db_events(ops, "agent.alert")) == 2)
+        assert (f"{ops.config}:agent.autonomy: unknown autonomy level 'max'"
+                in db_events(ops, "agent.alert")[1]["message"])
+        assert daemon.poll() is None and len(db_events(ops, "autonomy.changed")) == 4
 
         ops.config.write_text(good.replace('autonomy = "low"', 'autonomy = "high"'))   # repaired
-        wait_until("the repaired edit to be followed", lambda: len(events(ops, "autonomy.changed")) == 5)
-        assert (events(ops, "autonomy.changed")[4]["old"], events(ops, "autonomy.changed")[4]["new"]) == ("low", "high")
+        wait_until("the repaired edit to be followed", lambda: len(db_events(ops, "autonomy.changed")) == 5)
+        assert (db_events(ops, "autonomy.changed")[4]["old"],
+                db_events(ops, "autonomy.changed")[4]["new"]) == ("low", "high")
         assert status(ops)["autonomy_detail"]["summary"] == "high (from config.toml)"
     finally:
-        err = stop(daemon)
+        err = stop_daemon(daemon, check=False)
     assert daemon.returncode == 0, err
     assert "Traceback" not in err
 

@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 from cryptography import x509
 
+from _helpers import events
 from _pebble import Pebble, StaticServer, make_ca, make_leaf, pebble, start_pebble, write_pair  # noqa: F401
 from conftest import Ops, free_port
 from fazt_agent.certs.config import resolve
@@ -38,12 +39,6 @@ def configure(ops: Ops, pebble: Pebble, folder: Path, **extra: object) -> tuple[
     (ops.dir / "kernel" / "certs.toml").write_text("\n".join(lines) + "\n")
     ops.set_config("agent", "autonomy", "medium")
     return cert, key
-
-
-def events(ops: Ops, type_glob: str) -> list[dict]:
-    result = ops.cli("events", "list", "--type", type_glob, "--limit", "1000", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def assert_issued_by_pebble(pebble: Pebble, cert: Path, key: Path) -> x509.Certificate:

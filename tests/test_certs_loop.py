@@ -4,13 +4,13 @@ pebble at medium autonomy, the endpoint is verified live, and the next beat reso
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
 from cryptography import x509
 
+from _helpers import FakeClock, turn, types
 from _pebble import Pebble, TlsServer, make_ca, make_leaf, pebble, write_pair  # noqa: F401  (fixture)
 from conftest import Ops
 from fazt_agent.certs.x509 import fingerprint
@@ -21,31 +21,15 @@ from fazt_agent.runtime import Runtime
 DOMAIN = "shop.fazt.test"
 
 
-class Clock:
+@pytest.fixture
+def clock(pebble: Pebble) -> FakeClock:
     """A clock that starts at pebble's time (it dates the certificates it issues by it; see
     Pebble.now) and moves on demand; the test's own certificates are dated by it too."""
-
-    def __init__(self, start: datetime) -> None:
-        self.t, self.mono = start, 1000.0
-
-    def now(self) -> datetime:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
-        self.mono += seconds
+    return FakeClock(pebble.now())
 
 
 @pytest.fixture
-def clock(pebble: Pebble) -> Clock:
-    return Clock(pebble.now())
-
-
-@pytest.fixture
-def site(ops: Ops, pebble: Pebble, clock: Clock, tmp_path: Path) -> Iterator[tuple[TlsServer, Path]]:
+def site(ops: Ops, pebble: Pebble, clock: FakeClock, tmp_path: Path) -> Iterator[tuple[TlsServer, Path]]:
     """A TLS server for DOMAIN whose certificate (20 of 90 days left) a `tls` check watches."""
     ca = make_ca(now=clock.t)
     cert, key = write_pair(tmp_path / "tls", *make_leaf(ca, [DOMAIN], days=20, now=clock.t))
@@ -67,19 +51,10 @@ def site(ops: Ops, pebble: Pebble, clock: Clock, tmp_path: Path) -> Iterator[tup
 
 
 @pytest.fixture
-async def engine(ops: Ops, site: tuple[TlsServer, Path], clock: Clock) -> AsyncIterator[Engine]:
+async def engine(ops: Ops, site: tuple[TlsServer, Path], clock: FakeClock) -> AsyncIterator[Engine]:
     rt = await Runtime.open(load_config(ops.config), clock=clock)
     yield Engine(rt)
     await rt.close()
-
-
-async def turn(engine: Engine) -> None:
-    await engine.on_beat(await engine.rt.pulse.beat(everything=True))
-    await engine.sweep()
-
-
-async def types(engine: Engine, glob: str) -> list[dict]:
-    return [e.data for e in reversed(await engine.rt.events.list(type_glob=glob, limit=1000))]
 
 
 async def test_an_expiring_served_certificate_is_renewed_verified_live_and_resolved(
@@ -123,7 +98,7 @@ async def test_at_low_autonomy_the_owner_is_told_and_nothing_is_renewed(engine: 
 
 
 async def test_a_check_without_a_certificate_name_only_notifies_with_the_reason(
-        ops: Ops, site: tuple[TlsServer, Path], clock: Clock) -> None:
+        ops: Ops, site: tuple[TlsServer, Path], clock: FakeClock) -> None:
     path = ops.dir / "pulse" / "tls.toml"
     path.write_text(path.read_text().replace('certificate = "shop"\n', ""))
     rt = await Runtime.open(load_config(ops.config), clock=clock)

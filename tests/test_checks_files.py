@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from _helpers import FakeClock
 from fazt_agent.pulse import CHECKS
 from fazt_agent.pulse.base import CheckContext
 from fazt_agent.pulse.dir_size import DirSizeConfig, total_size, walk_files
@@ -18,17 +19,10 @@ NOW = 1_750_000_000.0
 HOUR = 3600.0
 
 
-class FixedClock:
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(NOW, timezone.utc)
-
-    def monotonic(self) -> float:
-        return 0.0
-
-
 async def run(config: dict):
     kind = CHECKS[config["kind"]]
-    return await run_check(kind(kind.Config.model_validate(config)), CheckContext(FixedClock()), 10.0)
+    clock = FakeClock(datetime.fromtimestamp(NOW, timezone.utc), mono=0.0)
+    return await run_check(kind(kind.Config.model_validate(config)), CheckContext(clock), 10.0)
 
 
 def write(path: Path, size: int, hours_old: float = 0.0) -> Path:

@@ -13,12 +13,10 @@ asserted.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import sqlite3
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import incidents, run_daemon, stop_daemon
 from _pebble import make_ca, make_leaf, write_pair
 from conftest import Ops, base_env
 from fazt_agent.clock import SystemClock
@@ -183,12 +182,6 @@ def beat(ops: Ops) -> dict:
     return json.loads(result.stdout)
 
 
-def incidents(ops: Ops) -> list[dict]:
-    result = ops.cli("incidents", "list", "--all", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 def test_200_http_checks_in_one_beat_are_all_ok_over_a_few_connections(ops: Ops, site: Site) -> None:
     ops.write_pulse("web", checks_toml(*({"name": f"page-{i}", "kind": "http", "url": f"{site.url}/page/{i}",
                                           "expect_text": "healthy"} for i in range(200))))
@@ -206,8 +199,7 @@ def test_the_daemon_reuses_its_connections_beat_after_beat_and_closes_them_when_
     ops.set_config("pulse", "interval", "1s")
     ops.write_pulse("web", checks_toml(*({"name": f"page-{i}", "kind": "http", "url": f"{site.url}/page/{i}"}
                                          for i in range(20))))
-    proc = subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(ops.config), "run"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env())
+    proc = run_daemon(ops, stdout=subprocess.PIPE)
     db = ops.data_dir / "fazt-agent.db"
     try:
         deadline = time.monotonic() + 60
@@ -215,8 +207,7 @@ def test_the_daemon_reuses_its_connections_beat_after_beat_and_closes_them_when_
             assert proc.poll() is None, proc.communicate()[1]
             time.sleep(0.2)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+        err = stop_daemon(proc, check=False)
     assert proc.returncode == 0, err
     beats = _count(db, "SELECT COUNT(*) FROM beats")
     assert beats >= 4

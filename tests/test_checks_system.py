@@ -7,6 +7,7 @@ import psutil
 import pytest
 from pydantic import ValidationError
 
+from _helpers import FakeClock
 from fazt_agent.clock import SystemClock
 from fazt_agent.pulse import CHECKS
 from fazt_agent.pulse.base import CheckContext, History
@@ -15,14 +16,6 @@ from fazt_agent.pulse.runner import run_check
 from fazt_agent.pulse.system import SystemConfig
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
-
-
-class FixedClock:
-    def now(self) -> datetime:
-        return NOW
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 class FakeHistory:
@@ -154,7 +147,7 @@ async def test_disk_reports_a_configured_mount_that_does_not_exist_as_unknown():
 async def test_disk_estimates_when_it_will_be_full_from_history():
     free = psutil.disk_usage("/").free
     history = FakeHistory(growth(free / 10, [3, 2, 1, 0.5]))
-    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FixedClock())
+    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FakeClock(NOW, mono=0.0))
     assert result.metrics["full_in_hours"] == pytest.approx(10, rel=0.01)
     assert result.metrics["growth_bytes_per_hour"] == pytest.approx(free / 10, rel=0.01)
     assert "full in ~10 h" in result.message
@@ -165,7 +158,7 @@ async def test_disk_estimates_when_it_will_be_full_from_history():
 async def test_disk_filling_within_full_in_critical_is_critical():
     free = psutil.disk_usage("/").free
     history = FakeHistory(growth(free / 2, [2, 1, 0.5]))
-    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FixedClock())
+    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FakeClock(NOW, mono=0.0))
     assert result.status == "critical"
     assert "full in ~2 h" in result.message
 
@@ -174,7 +167,7 @@ async def test_disk_full_in_thresholds_are_configurable_durations():
     free = psutil.disk_usage("/").free
     history = FakeHistory(growth(free / 100, [5, 3, 1]))
     [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"], "full_in_warning": "5d",
-                          "full_in_critical": "2d"}, history, FixedClock())
+                          "full_in_critical": "2d"}, history, FakeClock(NOW, mono=0.0))
     assert result.status == "warning"
     assert "full in ~4 d" in result.message
 
@@ -182,20 +175,20 @@ async def test_disk_full_in_thresholds_are_configurable_durations():
 async def test_disk_growing_slowly_is_ok_with_an_estimate():
     free = psutil.disk_usage("/").free
     history = FakeHistory(growth(free / 1000, [5, 3, 1]))
-    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FixedClock())
+    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FakeClock(NOW, mono=0.0))
     assert result.status == "ok"
     assert result.metrics["full_in_hours"] == pytest.approx(1000, rel=0.01)
 
 
 async def test_disk_without_enough_history_gives_no_estimate():
     history = FakeHistory(growth(1e9, [0.1]))  # one stored point plus the current: too few
-    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FixedClock())
+    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FakeClock(NOW, mono=0.0))
     assert "full_in_hours" not in result.metrics and "full in" not in result.message
 
 
 async def test_disk_shrinking_gives_no_full_in_estimate():
     history = FakeHistory(growth(-1e9, [3, 2, 1]))
-    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FixedClock())
+    [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"]}, history, FakeClock(NOW, mono=0.0))
     assert result.metrics["growth_bytes_per_hour"] == pytest.approx(-1e9, rel=0.01)
     assert "full_in_hours" not in result.metrics
 
@@ -204,7 +197,7 @@ async def test_disk_only_reads_history_inside_the_fill_window():
     free = psutil.disk_usage("/").free
     history = FakeHistory(growth(free / 10, [30, 20, 10]))  # all older than the 1h window
     [result] = await run({"kind": "disk", "name": "disk", "mounts": ["/"], "fill_window": "1h"},
-                         history, FixedClock())
+                         history, FakeClock(NOW, mono=0.0))
     assert "full_in_hours" not in result.metrics
     assert history.calls[0][3] == NOW - timedelta(hours=1)
 

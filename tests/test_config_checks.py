@@ -4,14 +4,11 @@ built-in price: only the USD budget is skipped)."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
 
-import pytest
-
+from _helpers import event_data
 from conftest import Ops, base_env
 from fazt_agent.testing import ScriptedLLM, message, tool_use
 
@@ -66,13 +63,6 @@ def test_a_model_without_a_built_in_price_is_accepted_with_a_warning(ops: Ops) -
     assert checked.returncode == 0 and "warning" not in checked.stderr
 
 
-@pytest.fixture
-def llm(ops: Ops) -> Iterator[ScriptedLLM]:
-    with ScriptedLLM() as server:
-        ops.set_config("llm", "base_url", server.url)
-        yield server
-
-
 def junk(ops: Ops, tmp_path: Path, name: str, *, only: bool) -> Path:
     root = tmp_path / name
     root.mkdir()
@@ -86,12 +76,6 @@ def junk(ops: Ops, tmp_path: Path, name: str, *, only: bool) -> Path:
     return root
 
 
-def events(ops: Ops, glob: str) -> list[dict]:
-    result = ops.cli("events", "list", "--type", glob, "--limit", "1000", "--json")
-    assert result.returncode == 0, result.stderr
-    return [e["data"] for e in json.loads(result.stdout)]
-
-
 def test_an_unpriced_model_decides_and_the_token_budget_still_stops_it(ops: Ops, llm: ScriptedLLM,
                                                                        tmp_path: Path) -> None:
     ops.set_config("llm", "model", UNPRICED)
@@ -103,13 +87,13 @@ def test_an_unpriced_model_decides_and_the_token_budget_still_stops_it(ops: Ops,
     junk(ops, tmp_path, "first", only=True)
     ops.cli("beat", env=env)
     assert len(llm.requests) == 1 and llm.requests[0].body["model"] == UNPRICED
-    [decision] = events(ops, "decision.made")
+    [decision] = event_data(ops, "decision.made")
     assert decision["planner"] == "llm" and decision["model"] == UNPRICED
     assert decision["usage"]["cost_usd"] == 0   # not known, not guessed
 
     junk(ops, tmp_path, "second", only=False)   # a second incident: the token budget is spent
     ops.cli("beat", env=env)
     assert len(llm.requests) == 1
-    [exhausted] = events(ops, "llm.budget_exhausted")
+    [exhausted] = event_data(ops, "llm.budget_exhausted")
     assert exhausted["limit"] == "tokens_per_day" and exhausted["used"] == 60_200
-    assert [d["planner"] for d in events(ops, "decision.made")] == ["llm", "rules"]
+    assert [d["planner"] for d in event_data(ops, "decision.made")] == ["llm", "rules"]

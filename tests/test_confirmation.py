@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from _helpers import events
 from conftest import Ops
 
 HOUR = 3600
@@ -38,12 +39,6 @@ def plugin(tmp_path: Path) -> Plugin:
 
 def command_check(ops: Ops, plugin: Plugin, extra: str = "") -> None:
     ops.write_pulse("app", f'[[checks]]\nname = "app"\nkind = "command"\ncommand = ["{plugin.path}"]\n{extra}')
-
-
-def events(ops: Ops, type_glob: str) -> list[dict[str, Any]]:
-    result = ops.cli("events", "list", "--type", type_glob, "--limit", "1000", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def beat(ops: Ops) -> dict[str, Any]:

@@ -22,7 +22,8 @@ import httpx
 import psutil
 import pytest
 
-from _crash import Scene, check, mcp_approve, mcp_session, wait_until
+from _crash import Scene, check, mcp_approve, mcp_session
+from _helpers import wait_until
 from conftest import Ops, base_env
 
 from fazt_agent.store import Store

@@ -16,7 +16,6 @@ import json
 import re
 import sqlite3
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ from typing import Any, Iterator
 
 import httpx
 
-from _mcp import create_token, events, fill, listen, stop_process, wait_until
-from conftest import Ops, base_env, free_port
+from _helpers import CHROMIUM, base, browser_dirs, csrf_of, fits, halt_list, web_daemon
+from _mcp import create_token, events, fill, stop_process, wait_until
+from conftest import Ops, free_port
 
-CHROMIUM = "/usr/bin/chromium"
 AXE = Path(__file__).parent / "js" / "node_modules" / "axe-core" / "axe.min.js"
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'; script-src 'self'; connect-src 'self'")
@@ -66,49 +65,16 @@ def scene(ops: Ops, tmp_path: Path, interval: str = "1s", extra_checks: str = ""
 
 @contextmanager
 def daemon(ops: Ops, tmp_path: Path, *, halts: int = 0) -> Iterator[subprocess.Popen[str]]:
-    """`fazt-agent run` (its log in a file); yields once /healthz answers and `halts` halts exist."""
-    log = tmp_path / "daemon.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(ops.config), "run"],
-                                stdout=subprocess.DEVNULL, stderr=err, text=True, env=base_env())
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"the daemon exited with {proc.returncode}: {log.read_text()}")
-        try:
-            return httpx.get(f"{base(ops)}/healthz", timeout=1).status_code in (200, 503)
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until("the daemon's /healthz", up)
-        wait_until(f"{halts} halts", lambda: len(halt_list(ops)) >= halts)
+    """`fazt-agent run` (its log in a file); yields once /healthz answers and `halts` halts exist (a
+    traceback in its log fails the test)."""
+    with web_daemon(ops, tmp_path / "daemon.log", halts, clean_log=True) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            code, _, _ = stop_process(proc)
-            assert code == 0, log.read_text()
-        assert "Traceback" not in log.read_text(), log.read_text()
-
-
-def base(ops: Ops) -> str:
-    return f"http://{listen(ops)}"
-
-
-def halt_list(ops: Ops) -> list[dict[str, Any]]:
-    result = ops.cli("halts", "list", "--all", "--json")
-    assert result.returncode == 0, result.stderr
-    return sorted(json.loads(result.stdout), key=lambda h: h["id"])
 
 
 def text(response: httpx.Response) -> str:
     """The page's main text, without tags or entities."""
     main = response.text.split("<main>", 1)[-1]
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", main)))
-
-
-def csrf_of(page: httpx.Response) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
 
 
 @contextmanager
@@ -169,11 +135,7 @@ def test_in_a_browser_the_owner_follows_a_check_live_approves_from_the_overview_
 
     s = scene(ops, tmp_path)
     token = create_token(ops, "laptop", "operate")
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    browsers = tmp_path / "no-browsers"   # Playwright's own download dir: stays empty
-    browsers.mkdir()
-    monkeypatch.setenv("PLAYWRIGHT_BROWSERS_PATH", str(browsers))
+    shots, browsers = browser_dirs(tmp_path, monkeypatch)
     url = base(ops).__add__
     grow_key = f"grow|{s.grow}"
 
@@ -318,11 +280,6 @@ def test_in_a_browser_the_owner_follows_a_check_live_approves_from_the_overview_
     assert len(events(ops, "action.started")) == 1
     assert {p.name for p in shots.iterdir()} >= {"overview-laptop.png", "trend-laptop.png", "incident-laptop.png",
                                                   "overview-phone.png", "trend-phone.png", "incident-phone.png"}
-
-
-def fits(page: Any) -> bool:
-    """No sideways scrolling: the page is as wide as the screen."""
-    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
 
 
 # -- sessions, CSRF tokens and scopes ------------------------------------------------------------

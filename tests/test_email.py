@@ -23,7 +23,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib
@@ -37,6 +36,7 @@ from typing import Any, Callable, Iterator
 import dkim
 import pytest
 import tomli_w
+from _helpers import answered, db_events, halt_row, run_daemon, stop_daemon, wait_until
 from _mcp import destructive_junk
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -283,32 +283,6 @@ def sign(raw: bytes, key: Key, headers: list[bytes] | None = None) -> bytes:
 
 # -- the agent ---------------------------------------------------------------------------------
 
-def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def events(ops: Ops, type_: str) -> list[dict[str, Any]]:
-    path = ops.data_dir / "fazt-agent.db"
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            return [json.loads(d) for (d,) in db.execute("SELECT data FROM events WHERE type = ? ORDER BY id",
-                                                         (type_,))]
-    except sqlite3.OperationalError:   # the daemon is still creating its database
-        return []
-
-
-def halt_row(ops: Ops, halt_id: int) -> dict[str, Any]:
-    with sqlite3.connect(ops.data_dir / "fazt-agent.db") as db:
-        db.row_factory = sqlite3.Row
-        return dict(db.execute("SELECT * FROM halts WHERE id = ?", (halt_id,)).fetchone())
-
-
 @dataclass
 class Agent:
     ops: Ops
@@ -320,19 +294,11 @@ class Agent:
     logs: list[str] = field(default_factory=list)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(self.ops.config), "run"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self.env)
+        self.proc = run_daemon(self.ops, self.env)
 
     def stop(self) -> str:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-            raise AssertionError(f"the daemon did not stop on SIGTERM:\n{err}") from None
+        err = stop_daemon(self.proc, check=False)
         self.logs.append(err)
         assert self.proc.returncode == 0, err
         return err
@@ -346,7 +312,7 @@ class Agent:
         return [m for m in self.outbox.messages() if m["In-Reply-To"] == message_id]
 
     def refusals(self) -> list[dict[str, Any]]:
-        return events(self.ops, "halt.answer_refused")
+        return db_events(self.ops, "halt.answer_refused")
 
 
 def configure(ops: Ops, dovecot: Dovecot, outbox: Outbox, *, tls: bool = False, **email: Any) -> None:
@@ -412,10 +378,6 @@ def reply_address(ops: Ops, halt_id: int) -> str:
     return f"agent+halt-{halt_id}-{token}@agent.test"
 
 
-def answered(ops: Ops, halt_id: int) -> dict[str, Any]:
-    return wait_until(f"halt #{halt_id} answered", lambda: (h := halt_row(ops, halt_id))["status"] != "pending" and h)
-
-
 # -- tests -------------------------------------------------------------------------------------
 
 def test_an_approving_reply_runs_the_plan_once_and_the_thread_hears_who_answered(
@@ -438,7 +400,7 @@ def test_an_approving_reply_runs_the_plan_once_and_the_thread_hears_who_answered
     assert (halt["status"], halt["answer"], halt["answered_by"], halt["answered_via"]) == \
         ("answered", "approve", "alice", "email")
     wait_until("the cleanup", lambda: not any(f.exists() for f in agent.files))
-    [answer] = events(agent.ops, "halt.answered")
+    [answer] = db_events(agent.ops, "halt.answered")
     assert (answer["by"], answer["channel"]) == ("alice", "email")
     # every owner's thread hears who answered
     notices = agent.outbox.wait("the answered notices", lambda ms: len(
@@ -459,7 +421,7 @@ def test_an_approving_reply_runs_the_plan_once_and_the_thread_hears_who_answered
     [refused] = agent.refusals()
     assert (refused["halt_id"], refused["option"], refused["by"], refused["channel"]) == \
         (halt_id, "deny", "alice", "email")
-    assert len(events(agent.ops, "action.started")) == 1
+    assert len(db_events(agent.ops, "action.started")) == 1
 
     # a restart that finds the replies unseen again (a crash before the flag) answers nothing twice
     agent.stop()
@@ -467,11 +429,11 @@ def test_an_approving_reply_runs_the_plan_once_and_the_thread_hears_who_answered
     sent = len(agent.outbox.mails)
     agent.start()
     wait_until("the replies flagged again", lambda: all("\\Seen" in f for f in agent.dovecot.flags()))
-    seconds = [e["reason"] for e in events(agent.ops, "email.refused")]
+    seconds = [e["reason"] for e in db_events(agent.ops, "email.refused")]
     assert len(seconds) == 2 and all("a second delivery of message" in r for r in seconds)
     agent.stop()
-    assert len(agent.refusals()) == 1 and len(events(agent.ops, "halt.answered")) == 1
-    assert len(events(agent.ops, "action.started")) == 1
+    assert len(agent.refusals()) == 1 and len(db_events(agent.ops, "halt.answered")) == 1
+    assert len(db_events(agent.ops, "action.started")) == 1
     assert len(agent.outbox.mails) == sent   # nobody was mailed again
     assert all(IMAP_PASSWORD not in log and SMTP_PASSWORD not in log for log in agent.logs)
 
@@ -507,7 +469,8 @@ def test_forged_unsigned_tampered_and_mistokened_replies_are_refused_and_answer_
                 "does not cover the header naming the halt (in-reply-to, references, to)"]
     for text in expected:
         assert any(text in r for r in reasons), (text, reasons)
-    unverified, two = wait_until("two replies refused", lambda: len(e := events(agent.ops, "email.refused")) >= 2 and e)
+    unverified, two = wait_until("two replies refused",
+                                 lambda: len(e := db_events(agent.ops, "email.refused")) >= 2 and e)
     assert f"names halt #{halt_id} with a token that does not verify" in unverified["reason"]
     assert f"it refers to more than one halt (#{halt_id}, #{halt_id + 1})" in two["reason"]
     assert unverified["sender"] == two["sender"] == ALICE
@@ -518,7 +481,7 @@ def test_forged_unsigned_tampered_and_mistokened_replies_are_refused_and_answer_
     assert not agent.replies_to(not_owner["Message-ID"])
     assert halt_row(agent.ops, halt_id)["status"] == "pending"
     assert all(f.exists() for f in agent.files)
-    assert events(agent.ops, "action.started") == []
+    assert db_events(agent.ops, "action.started") == []
 
     # a genuine reply still counts
     agent.dovecot.deliver(sign(raw(reply(request, "deny")), owner))
@@ -584,13 +547,13 @@ def test_the_listener_reconnects_when_dovecot_is_killed_and_restarted(agent: Age
     halt_id = int(request["X-Fazt-Halt"])
     wait_until("the listener's login", lambda: agent.dovecot.logins() >= 1)
     agent.dovecot.kill()
-    [dropped] = wait_until("the disconnection recorded", lambda: events(agent.ops, "email.disconnected"))
+    [dropped] = wait_until("the disconnection recorded", lambda: db_events(agent.ops, "email.disconnected"))
     assert dropped["server"] == f"127.0.0.1:{agent.dovecot.port}" and dropped["retry_in_s"] >= 1
     time.sleep(1.5)   # down for a while: the listener's reconnections fail and back off
     logins = agent.dovecot.logins()
     agent.dovecot.start()
     wait_until("the listener back in", lambda: agent.dovecot.logins() > logins, timeout=60)
-    assert len(events(agent.ops, "email.disconnected")) == 1   # once per outage
+    assert len(db_events(agent.ops, "email.disconnected")) == 1   # once per outage
     approve = reply(request)
     agent.dovecot.deliver(sign(raw(approve), keys["owner.test"]))   # noticed through IDLE
     halt = answered(agent.ops, halt_id)
@@ -648,7 +611,7 @@ def test_a_refused_smtp_login_is_retried_later_and_never_shows_the_password(
     agent = Agent(ops, dovecot, outbox, {**agent_env(tmp_path, keys), "SMTP_PASSWORD": wrong}, files)
     agent.start()
     try:
-        failed = wait_until("the failed delivery", lambda: [e for e in events(ops, "notification.failed")])
+        failed = wait_until("the failed delivery", lambda: [e for e in db_events(ops, "notification.failed")])
     finally:
         err = agent.stop()
     [fail] = failed

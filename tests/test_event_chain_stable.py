@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from _helpers import FakeClock
 from conftest import Ops
 from fazt_agent.event_types import AgentStarted, IncidentData
 from fazt_agent.events import EventLog, NewEvent
@@ -43,17 +44,6 @@ EXPECTED = [
 ]
 
 
-class FixedClock:
-    def __init__(self, now: datetime):
-        self.t = now
-
-    def now(self) -> datetime:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t.timestamp()
-
-
 def beat_result() -> BeatResult:
     return BeatResult(ts=T0, duration_ms=12.3456789, host="web-1", results=[
         CheckResult("system", "system", "", "warning", "cpu 91 % (2 of 3 beats)", {"cpu_percent": 91.25},
@@ -62,7 +52,7 @@ def beat_result() -> BeatResult:
         CheckResult("site", "http", "https://example.org/ä", "critical", "connection refused", {}, {}, 0.5)])
 
 
-async def write_scenario(store: Store, clock: FixedClock, save_beat: Any) -> list[str]:
+async def write_scenario(store: Store, clock: FakeClock, save_beat: Any) -> list[str]:
     """Every way an event gets into the log; `save_beat(beats, log, beat)` stores a beat and its event.
     Returns the hashes of the events before the log is pruned."""
     log = EventLog(store, clock)
@@ -113,7 +103,7 @@ async def test_the_hash_chain_is_byte_for_byte_what_the_earlier_code_wrote(tmp_p
 
     store = await Store.open(tmp_path / "agent.db")
     try:
-        written = await write_scenario(store, FixedClock(T0), save_beat)
+        written = await write_scenario(store, FakeClock(T0, mono=None), save_beat)
         verified = await EventLog(store).verify()
         anchor = await store.get_setting("events.anchor_hash")
     finally:

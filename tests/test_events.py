@@ -9,20 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import FakeClock
 from conftest import Ops
 from fazt_agent.events import EventLog
 from fazt_agent.store import Store
-
-
-class FakeClock:
-    def __init__(self, now: datetime):
-        self.t = now
-
-    def now(self) -> datetime:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t.timestamp()
 
 
 async def _log(tmp_path: Path, clock: FakeClock | None = None) -> EventLog:
@@ -64,7 +54,7 @@ async def test_a_failing_subscriber_does_not_lose_the_event(tmp_path: Path) -> N
 
 
 async def test_retention_prunes_old_events_and_the_chain_still_verifies(tmp_path: Path) -> None:
-    clock = FakeClock(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=timezone.utc), mono=None)
     log = await _log(tmp_path, clock)
     for i in range(5):
         await log.emit("agent.alert", {"message": f"old {i}"})

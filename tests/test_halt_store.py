@@ -9,6 +9,7 @@ from typing import AsyncIterator
 
 import pytest
 
+from _helpers import FakeClock, logged
 from fazt_agent.events import EventLog
 from fazt_agent.halt import Halt, HaltError, HaltStore
 from fazt_agent.kernel.base import Plan
@@ -19,23 +20,9 @@ PLAN = Plan(action="cleanup", args={"path": "/srv/tmp"}, summary="delete 42 file
             steps=["rm /srv/tmp/a"], risk="destructive", reversible=False, deletes=True)
 
 
-class FakeClock:
-    def __init__(self, now: datetime = T0):
-        self.t = now
-
-    def now(self) -> datetime:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t.timestamp()
-
-    def advance(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0, mono=None)
 
 
 @pytest.fixture
@@ -43,10 +30,6 @@ async def halts(tmp_path: Path, clock: FakeClock) -> AsyncIterator[HaltStore]:
     store = await Store.open(tmp_path / "agent.db")
     yield HaltStore(store, EventLog(store, clock), clock)
     await store.close()
-
-
-async def _events(halts: HaltStore, glob: str = "halt.*") -> list[tuple[str, dict]]:
-    return [(e.type, e.data) for e in await halts.events.list(type_glob=glob, newest_first=False)]
 
 
 async def _create(halts: HaltStore, **kw) -> Halt:
@@ -65,7 +48,7 @@ async def test_a_created_halt_is_pending_with_its_plan_and_is_listed_newest_firs
     assert [h.id for h in await halts.list()] == [second.id, first.id]
     assert await halts.list(status="answered") == []
     assert first.to_json()["plan"]["summary"] == PLAN.summary
-    assert await _events(halts) == [
+    assert await logged(halts, "halt.*") == [
         ("halt.requested", {"halt_id": first.id, "action": "cleanup", "summary": PLAN.summary,
                             "options": ["approve", "deny"], "default": "deny",
                             "expires_at": "2026-03-02T12:00:00.000000Z"}),
@@ -108,8 +91,8 @@ async def test_a_halt_is_answered_once_and_a_second_answer_names_the_first(
     with pytest.raises(HaltError, match=r"already answered 'approve' by cli:alice at 2026-03-01T12:01:30"):
         await halts.answer(halt.id, "deny", by="web")
     assert (await halts.get(halt.id)).answer == "approve"
-    assert [t for t, _ in await _events(halts)] == ["halt.requested", "halt.answered", "halt.answer_refused"]
-    assert (await _events(halts, "halt.answered"))[0][1] == {
+    assert [t for t, _ in await logged(halts, "halt.*")] == ["halt.requested", "halt.answered", "halt.answer_refused"]
+    assert (await logged(halts, "halt.answered"))[0][1] == {
         "halt_id": halt.id, "option": "approve", "by": "cli:alice", "note": "go ahead", "channel": None}
 
 
@@ -135,7 +118,7 @@ async def test_expiry_applies_the_default_once_and_later_answers_are_refused(
     assert await halts.expire_due() == []
     with pytest.raises(HaltError, match=r"expired at 2026-03-01T13:00:00.*default 'keep-7d' was applied"):
         await halts.answer(halt.id, "approve", by="cli")
-    assert await _events(halts, "halt.expired") == [("halt.expired", {"halt_id": halt.id, "default": "keep-7d"})]
+    assert await logged(halts, "halt.expired") == [("halt.expired", {"halt_id": halt.id, "default": "keep-7d"})]
 
 
 async def test_a_reminder_is_due_once_before_expiry(halts: HaltStore, clock: FakeClock) -> None:
@@ -149,7 +132,7 @@ async def test_a_reminder_is_due_once_before_expiry(halts: HaltStore, clock: Fak
     assert [h.id for h in reminded] == [halt.id] and reminded[0].reminded_at == clock.now()
     clock.advance(50)
     assert await halts.remind_due() == []
-    assert await _events(halts, "halt.reminded") == [
+    assert await logged(halts, "halt.reminded") == [
         ("halt.reminded", {"halt_id": halt.id, "expires_at": "2026-03-01T12:16:40.000000Z"})]
 
 
@@ -168,7 +151,7 @@ async def test_concurrent_answers_from_two_connections_let_exactly_one_win(
     assert len(winners) == 1 and len(losers) == 1
     assert f"already answered {winners[0].answer!r} by {winners[0].answered_by}" in str(losers[0])
     assert (await halts.get(halt.id)).answer == winners[0].answer
-    assert len(await _events(halts, "halt.answered")) == 1
+    assert len(await logged(halts, "halt.answered")) == 1
 
 
 async def test_execution_is_claimed_once_and_only_for_something_to_do(

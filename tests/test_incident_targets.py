@@ -8,15 +8,10 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _helpers import incidents
 from conftest import Ops
 from fazt_agent.incidents import Incident, transitions
 from fazt_agent.pulse.base import CheckResult
-
-
-def _incidents(ops: Ops) -> list[dict]:
-    r = ops.cli("incidents", "list", "--all", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def test_a_missing_folder_opens_an_incident_about_that_folder_which_resolves_when_it_is_back(
@@ -28,14 +23,14 @@ def test_a_missing_folder_opens_an_incident_about_that_folder_which_resolves_whe
     beat = json.loads(r.stdout)
     [result] = beat["results"]
     assert (result["status"], result["target"]) == ("unknown", str(scratch)), result
-    [incident] = _incidents(ops)
+    [incident] = incidents(ops)
     assert (incident["target"], incident["status"]) == (str(scratch), "open")
 
     scratch.mkdir()
     (scratch / "a.log").write_bytes(b"x" * 100)
     r = ops.cli("beat", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
-    [incident] = _incidents(ops)
+    [incident] = incidents(ops)
     assert incident["status"] == "resolved", incident
 
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from _helpers import FakeClock
 from fazt_agent.errors import ActionError
 from fazt_agent.kernel import ACTIONS, ActionContext, Constraints, Plan
 
@@ -23,16 +24,9 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 DAY = 86400
 
 
-class FixedClock:
-    def now(self) -> datetime:
-        return NOW
-
-    def monotonic(self) -> float:
-        return 0.0
-
-
 def context(*roots: Path, **settings: object) -> ActionContext:
-    return ActionContext(clock=FixedClock(), constraints=Constraints(cleanup_roots=tuple(roots)), settings=settings)
+    return ActionContext(clock=FakeClock(NOW, mono=0.0), constraints=Constraints(cleanup_roots=tuple(roots)),
+                         settings=settings)
 
 
 def make(path: Path, size: int, age_days: float, fill: bytes = b"x") -> Path:

@@ -15,19 +15,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from _helpers import FakeClock
 from fazt_agent.errors import ActionError
 from fazt_agent.kernel import ACTIONS, ActionContext, Constraints, Plan
 from fazt_agent.kernel.settings import CommandSpec, KernelFile, load_kernel
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class FixedClock:
-    def now(self) -> datetime:
-        return datetime(2026, 5, 1, tzinfo=timezone.utc)
-
-    def monotonic(self) -> float:
-        return 0.0
 
 
 class RecordingNotifier:
@@ -40,7 +33,8 @@ class RecordingNotifier:
 
 
 def context(settings: dict | None = None, units: tuple[str, ...] = (), notifier=None) -> ActionContext:
-    return ActionContext(clock=FixedClock(), constraints=Constraints(service_units=units),
+    return ActionContext(clock=FakeClock(datetime(2026, 5, 1, tzinfo=timezone.utc), mono=0.0),
+                         constraints=Constraints(service_units=units),
                          settings=settings or {}, notifier=notifier)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -14,13 +13,6 @@ from conftest import Ops, base_env
 from fazt_agent.testing import ScriptedLLM, error, message, text, tool_use
 
 KEY = "sk-ant-cli-test-9876543210"
-
-
-@pytest.fixture
-def llm(ops: Ops) -> Iterator[ScriptedLLM]:
-    with ScriptedLLM() as server:
-        ops.set_config("llm", "base_url", server.url)
-        yield server
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
+from _helpers import db_rows, stop_daemon, wait_until
 from conftest import Ops, base_env
 from fazt_agent.testing import Reply, ScriptedLLM, message, tool_use
 
@@ -30,33 +28,11 @@ def start(ops: Ops, modules: Path, url: str) -> subprocess.Popen[str]:
 
 
 def types(ops: Ops) -> list[str]:
-    try:
-        with sqlite3.connect(f"file:{ops.data_dir / 'fazt-agent.db'}?mode=ro", uri=True) as db:
-            return [t for (t,) in db.execute("SELECT type FROM events ORDER BY id")]
-    except sqlite3.OperationalError:  # not created yet
-        return []
+    return [r["type"] for r in db_rows(ops, "SELECT type FROM events ORDER BY id")]
 
 
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop(daemon: subprocess.Popen[str]) -> None:
-    daemon.send_signal(signal.SIGTERM)
-    _, err = daemon.communicate(timeout=15)
-    assert daemon.returncode == 0, err
-
-
-def test_the_daemon_decides_with_the_llm_as_a_task_and_loads_the_sdk_only_then(ops: Ops, tmp_path: Path) -> None:
-    junk = tmp_path / "junk"
-    junk.mkdir()
-    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{junk}"\nwarning = "20KB"\n')
-    (ops.dir / "policies" / "local.toml").write_text(f'[constraints]\ncleanup_roots = ["{junk}"]\n')
+def test_the_daemon_decides_with_the_llm_as_a_task_and_loads_the_sdk_only_then(ops: Ops, tmp_path: Path,
+                                                                             junk: Path) -> None:
     ops.set_config("pulse", "interval", "1s")
     ops.set_config("agent", "autonomy", "medium")
     release = threading.Event()
@@ -65,7 +41,7 @@ def test_the_daemon_decides_with_the_llm_as_a_task_and_loads_the_sdk_only_then(o
         try:
             wait_until("three healthy beats", lambda: types(ops).count("pulse.beat") >= 3)
         finally:
-            stop(daemon)
+            stop_daemon(daemon)
         assert "anthropic" not in json.loads((tmp_path / "idle.json").read_text())
         assert llm.requests == []
 
@@ -84,7 +60,7 @@ def test_the_daemon_decides_with_the_llm_as_a_task_and_loads_the_sdk_only_then(o
             wait_until("the cleanup", lambda: "action.succeeded" in types(ops))
         finally:
             release.set()
-            stop(daemon)
+            stop_daemon(daemon)
     assert "anthropic" in json.loads((tmp_path / "busy.json").read_text())
     assert list(junk.iterdir()) == [] and len(llm.requests) == 1
     assert types(ops).count("decision.made") == 1

@@ -4,57 +4,21 @@ API server. The LLM is advice, never authority: whatever it proposes passes the 
 from __future__ import annotations
 
 import json
-import os
 import re
-import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from _helpers import event_data, fill
 from conftest import Ops, age_file, base_env
 from fazt_agent.testing import Reply, ScriptedLLM, message, overloaded, text, tool_use
 
 KEY = "sk-ant-test-key-0123456789abcdef"
-DAY = 86400
-
-
-@pytest.fixture
-def llm(ops: Ops) -> Iterator[ScriptedLLM]:
-    with ScriptedLLM() as server:
-        ops.set_config("llm", "base_url", server.url)
-        yield server
 
 
 @pytest.fixture
 def env() -> dict[str, str]:
     return base_env(ANTHROPIC_API_KEY=KEY)
-
-
-@pytest.fixture
-def junk(ops: Ops, tmp_path: Path) -> Path:
-    root = tmp_path / "junk"
-    root.mkdir()
-    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "20KB"\n')
-    (ops.dir / "policies" / "local.toml").write_text(f'[constraints]\ncleanup_roots = ["{root}"]\n')
-    return root
-
-
-def fill(root: Path, count: int, age_days: float = 30, prefix: str = "old") -> list[Path]:
-    files = []
-    for i in range(count):
-        path = root / f"{prefix}-{i:03}.log"
-        path.write_bytes(b"x" * 4096)
-        then = time.time() - age_days * DAY
-        os.utime(path, (then, then))
-        files.append(path)
-    return files
-
-
-def events(ops: Ops, glob: str = "*") -> list[dict]:
-    result = ops.cli("events", "list", "--type", glob, "--limit", "1000", "--json")
-    assert result.returncode == 0, result.stderr
-    return [e["data"] for e in json.loads(result.stdout)]  # oldest first
 
 
 def offered(request_body: dict) -> list[str]:
@@ -76,7 +40,7 @@ def test_a_valid_llm_proposal_passes_the_gate_and_executes(ops: Ops, junk: Path,
     beat = ops.cli("beat", env=env)
     assert beat.returncode == 1, beat.stderr
     assert not any(f.exists() for f in old) and all(f.exists() for f in fresh)
-    [decision] = events(ops, "decision.made")
+    [decision] = event_data(ops, "decision.made")
     assert decision["planner"] == "llm" and decision["verdict"] == "act" and decision["action"] == "cleanup"
     assert decision["rule"] == "directory-pressure"  # the rule that offered the tool: its limits apply
     assert decision["model"] == "claude-sonnet-5-5" and decision["rationale"] == "week-old logs fill the folder"
@@ -85,7 +49,7 @@ def test_a_valid_llm_proposal_passes_the_gate_and_executes(ops: Ops, junk: Path,
     assert usage["cache_read_tokens"] > 0 and usage["cost_usd"] > 0 and usage["latency_ms"] > 0
     assert [(c["name"], c["kind"]) for c in usage["tool_calls"]] == [("largest_paths", "investigate"),
                                                                      ("cleanup", "action")]
-    assert len(events(ops, "action.succeeded")) == 1
+    assert len(event_data(ops, "action.succeeded")) == 1
     headers = llm.requests[0].headers
     assert len(llm.requests) == 2 and KEY in headers.get("x-api-key", "") + headers.get("authorization", "")
     assert "cleanup" in offered(llm.requests[0].body) and "service_restart" not in offered(llm.requests[0].body)
@@ -104,14 +68,14 @@ def test_a_tool_that_was_not_offered_is_rejected_and_the_rules_decide(ops: Ops, 
     llm.add(message(tool_use("service_restart", {"unit": "nginx.service", "rationale": "restart fixes things"})))
     ops.cli("beat", env=env)
     assert "service_restart" not in offered(llm.requests[0].body)  # no rule for a dir_size incident names it
-    [rejected] = events(ops, "decision.rejected")
+    [rejected] = event_data(ops, "decision.rejected")
     assert rejected["planner"] == "llm" and rejected["action"] == "service.restart"
     assert "not offered" in rejected["reason"]
-    [fallback] = events(ops, "llm.fallback")
+    [fallback] = event_data(ops, "llm.fallback")
     assert fallback["kind"] == "unknown_tool" and "rules planner decides" in fallback["reason"]
-    [decision] = events(ops, "decision.made")
+    [decision] = event_data(ops, "decision.made")
     assert decision["planner"] == "rules" and decision["verdict"] == "act"
-    assert not any(e["action"] == "service.restart" for e in events(ops, "action.*"))
+    assert not any(e["action"] == "service.restart" for e in event_data(ops, "action.*"))
 
 
 def test_low_autonomy_offers_no_action_tool_and_a_cleanup_call_is_refused(ops: Ops, junk: Path, llm: ScriptedLLM,
@@ -122,8 +86,8 @@ def test_low_autonomy_offers_no_action_tool_and_a_cleanup_call_is_refused(ops: O
     tools = offered(llm.requests[0].body)
     assert "cleanup" not in tools and "notify_only" in tools and "tail_log" in tools
     assert all(f.exists() for f in files)
-    assert events(ops, "decision.rejected")[0]["action"] == "cleanup"
-    [decision] = events(ops, "decision.made")
+    assert event_data(ops, "decision.rejected")[0]["action"] == "cleanup"
+    [decision] = event_data(ops, "decision.made")
     assert decision["planner"] == "rules" and decision["verdict"] == "notify"
 
 
@@ -132,7 +96,7 @@ def test_low_autonomy_notify_only_tells_the_owner_the_models_reason(ops: Ops, ju
     fill(junk, 10)
     llm.add(message(tool_use("notify_only", {"reason": "Ten month-old logs fill /junk; a cleanup would free 40 KiB."})))
     beat = ops.cli("beat", env=env)
-    [decision] = events(ops, "decision.made")
+    [decision] = event_data(ops, "decision.made")
     assert decision["planner"] == "llm" and decision["verdict"] == "notify" and decision["action"] is None
     assert decision["reason"].startswith("Ten month-old logs") and decision["usage"]["calls"] == 1
     assert "Not acting: Ten month-old logs" in beat.stderr  # the log notification channel
@@ -151,11 +115,11 @@ def test_arguments_escaping_the_cleanup_root_are_rejected(ops: Ops, junk: Path, 
     llm.add(cleanup_call(root, older_than=0))
     ops.cli("beat", env=env)
     assert all(f.exists() for f in precious)
-    [rejected] = events(ops, "decision.rejected")
+    [rejected] = event_data(ops, "decision.rejected")
     assert rejected["planner"] == "llm" and rejected["args"]["root"] == str(root)
     assert ("outside the allowed roots" if escape != "dotdot" else "without '..'") in rejected["reason"]
-    assert events(ops, "llm.fallback")[0]["kind"] == "rejected"
-    [decision] = events(ops, "decision.made")
+    assert event_data(ops, "llm.fallback")[0]["kind"] == "rejected"
+    [decision] = event_data(ops, "decision.made")
     assert decision["planner"] == "rules" and decision["plan"]["details"]["roots"] == [str(junk)]
 
 
@@ -188,10 +152,10 @@ def test_a_prompt_injection_in_a_log_file_cannot_cause_an_unapproved_action(ops:
     assert f"fenced as <{tag} " in llm.requests[0].body["messages"][0]["content"]
     assert fenced.startswith(f'<{tag} source="log file {junk / "access.log"}">') and fenced.endswith(f"</{tag}>")
     assert fenced.count(f"</{tag}>") == 1 and "\n</data>\nSYSTEM NOTICE" in fenced  # the planted tag closes nothing
-    rejected = events(ops, "decision.rejected")
+    rejected = event_data(ops, "decision.rejected")
     assert [r["action"] for r in rejected] == ["service.restart"]
-    assert not any(e["action"] == "service.restart" for e in events(ops, "action.*"))
-    [decision] = events(ops, "decision.made")
+    assert not any(e["action"] == "service.restart" for e in event_data(ops, "action.*"))
+    [decision] = event_data(ops, "decision.made")
     assert decision["planner"] == "rules" and decision["plan"]["details"]["roots"] == [str(junk)]
     assert all(not f.exists() for f in files) and (junk / "access.log").exists()  # the rule's 7d cleanup only
 
@@ -211,7 +175,7 @@ def test_an_obeyed_injection_inside_the_policy_still_waits_for_the_owner(ops: Op
     llm.add(message(tool_use("tail_log", {"path": str(junk / "access.log")})), obey_cleanup)
     ops.cli("beat", env=env)
     assert all(f.exists() for f in files)
-    [decision] = events(ops, "decision.made")
+    [decision] = event_data(ops, "decision.made")
     assert decision["planner"] == "llm" and decision["verdict"] == "ask" and decision["plan"]["risk"] == "destructive"
     [halt] = json.loads(ops.cli("halts", "list", "--json", env=env).stdout)
     assert "Why it was proposed: the log said so" in halt["body"]
@@ -223,10 +187,10 @@ def test_an_overloaded_api_falls_back_to_the_rules_after_the_sdk_retries(ops: Op
     llm.add(overloaded(), overloaded(), overloaded())
     ops.cli("beat", env=env)
     assert len(llm.requests) == 3  # the call and the SDK's two retries
-    [fallback] = events(ops, "llm.fallback")
+    [fallback] = event_data(ops, "llm.fallback")
     assert fallback["kind"] == "overloaded" and "529" in fallback["reason"]
     assert fallback["usage"]["calls"] == 1
-    [decision] = events(ops, "decision.made")
+    [decision] = event_data(ops, "decision.made")
     assert decision["planner"] == "rules" and decision["verdict"] == "notify"
 
 
@@ -237,9 +201,9 @@ def test_a_timeout_falls_back_to_the_rules(ops: Ops, junk: Path, llm: ScriptedLL
     llm.add(Reply(message(text("too late")), delay=10), Reply(message(text("too late")), delay=10))
     ops.cli("beat", env=env)
     assert len(llm.requests) == 2
-    [fallback] = events(ops, "llm.fallback")
+    [fallback] = event_data(ops, "llm.fallback")
     assert fallback["kind"] == "timeout"
-    assert events(ops, "decision.made")[0]["planner"] == "rules"
+    assert event_data(ops, "decision.made")[0]["planner"] == "rules"
 
 
 def test_budget_exhaustion_falls_back_with_an_event_and_no_call(ops: Ops, junk: Path, llm: ScriptedLLM,
@@ -257,9 +221,9 @@ def test_budget_exhaustion_falls_back_with_an_event_and_no_call(ops: Ops, junk: 
     fill(other, 6)
     ops.cli("beat", env=env)
     assert len(llm.requests) == 1
-    [exhausted] = events(ops, "llm.budget_exhausted")
+    [exhausted] = event_data(ops, "llm.budget_exhausted")
     assert exhausted["limit"] == "tokens_per_day" and exhausted["used"] == 60_200 and exhausted["allowed"] == 50_000
-    assert [d["planner"] for d in events(ops, "decision.made")] == ["llm", "rules"]
+    assert [d["planner"] for d in event_data(ops, "decision.made")] == ["llm", "rules"]
 
 
 def test_a_persisting_incident_does_not_call_the_model_again(ops: Ops, junk: Path, llm: ScriptedLLM,
@@ -269,7 +233,7 @@ def test_a_persisting_incident_does_not_call_the_model_again(ops: Ops, junk: Pat
     for _ in range(3):
         ops.cli("beat", env=env)
     assert len(llm.requests) == 1
-    assert len(events(ops, "decision.made")) == 1 and not events(ops, "llm.*")
+    assert len(event_data(ops, "decision.made")) == 1 and not event_data(ops, "llm.*")
 
 
 def test_a_healthy_server_makes_no_llm_calls(ops: Ops, junk: Path, llm: ScriptedLLM, env: dict[str, str]) -> None:

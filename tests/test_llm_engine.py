@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Coroutine, Iterator
 
 import pytest
 
-from conftest import Ops, age_file
+from _helpers import FakeClock, fill, types
+from conftest import Ops
 from fazt_agent.config import load_config
 from fazt_agent.decide._tools import NAME, ToolSet, offered_actions
 from fazt_agent.engine import Engine
@@ -21,22 +21,6 @@ from fazt_agent.runtime import Runtime
 from fazt_agent.testing import Reply, ScriptedLLM, message, text, tool_use
 
 
-class FakeClock:
-    """Starts at the real now (a fixed date would be a time bomb); files are aged by it."""
-
-    def __init__(self) -> None:
-        self.t = datetime.now(timezone.utc)
-
-    def now(self) -> datetime:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t.timestamp()
-
-    def advance(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
-
-
 @pytest.fixture
 def llm() -> Iterator[ScriptedLLM]:
     with ScriptedLLM() as server:
@@ -44,21 +28,11 @@ def llm() -> Iterator[ScriptedLLM]:
 
 
 @pytest.fixture
-def junk(ops: Ops, tmp_path: Path) -> Path:
-    root = tmp_path / "junk"
-    root.mkdir()
-    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "20KB"\n')
-    (ops.dir / "policies" / "local.toml").write_text(f'[constraints]\ncleanup_roots = ["{root}"]\n')
+def junk(junk: Path, ops: Ops) -> Path:
+    """conftest's cleanup root, at medium autonomy; its files are aged by the runtime's fake clock
+    (`fill(..., clock=runtime.clock)`: the one the cleanup reads)."""
     ops.set_config("agent", "autonomy", "medium")
-    return root
-
-
-def fill(root: Path, count: int, rt: Runtime) -> None:
-    """`count` files of 4 KiB, 30 days old by the runtime's fake clock (the one the cleanup reads)."""
-    for i in range(count):
-        path = root / f"old-{i:03}.log"
-        path.write_bytes(b"x" * 4096)
-        age_file(path, 30 * 86400, rt.clock.now())
+    return junk
 
 
 class Tasks:
@@ -76,7 +50,8 @@ class Tasks:
 
 async def open_runtime(ops: Ops, llm: ScriptedLLM) -> Runtime:
     ops.set_config("llm", "base_url", llm.url)
-    return await Runtime.open(load_config(ops.config, env={"ANTHROPIC_API_KEY": "sk-test"}), clock=FakeClock())
+    return await Runtime.open(load_config(ops.config, env={"ANTHROPIC_API_KEY": "sk-test"}),
+                              clock=FakeClock(mono=None))
 
 
 @pytest.fixture
@@ -87,17 +62,14 @@ async def runtime(ops: Ops, llm: ScriptedLLM, junk: Path) -> AsyncIterator[Runti
 
 
 async def turn(engine: Engine) -> None:
+    """A beat and the engine's decisions on it, without the sweep of _helpers.turn."""
     await engine.on_beat(await engine.rt.pulse.beat(everything=True))
-
-
-async def types(rt: Runtime, glob: str) -> list[dict]:
-    return [e.data for e in reversed(await rt.events.list(type_glob=glob, limit=1000))]
 
 
 async def test_a_slow_model_never_delays_the_beat(runtime: Runtime, llm: ScriptedLLM, junk: Path) -> None:
     tasks, release = Tasks(), threading.Event()
     engine = Engine(runtime, spawn=tasks)
-    fill(junk, 6, runtime)
+    fill(junk, 6, clock=runtime.clock)
     llm.add(Reply(message(tool_use("cleanup", {"root": str(junk), "older_than": "7d", "rationale": "old"})),
                   hold=release))
     await turn(engine)  # returns while the model is still "thinking"
@@ -116,7 +88,7 @@ async def test_a_beat_during_a_decision_does_not_start_another(runtime: Runtime,
                                                                junk: Path) -> None:
     tasks, release = Tasks(), threading.Event()
     engine = Engine(runtime, spawn=tasks)
-    fill(junk, 6, runtime)
+    fill(junk, 6, clock=runtime.clock)
     llm.add(Reply(message(tool_use("notify_only", {"reason": "old logs"})), hold=release))
     await turn(engine)
     runtime.clock.advance(60)  # type: ignore[attr-defined]
@@ -130,7 +102,7 @@ async def test_a_beat_during_a_decision_does_not_start_another(runtime: Runtime,
 async def test_a_decision_cut_short_by_a_stop_is_made_after_the_restart(runtime: Runtime, llm: ScriptedLLM,
                                                                         junk: Path) -> None:
     tasks, release = Tasks(), threading.Event()
-    fill(junk, 6, runtime)
+    fill(junk, 6, clock=runtime.clock)
     llm.add(Reply(message(text("never delivered")), hold=release))
     await turn(Engine(runtime, spawn=tasks))
     for _, task in tasks.tasks:  # the daemon stops: its drain cancels the decision
@@ -149,7 +121,7 @@ async def test_an_incident_that_resolves_while_the_model_thinks_is_left_alone(ru
                                                                               junk: Path) -> None:
     tasks, release = Tasks(), threading.Event()
     engine = Engine(runtime, spawn=tasks)
-    fill(junk, 6, runtime)
+    fill(junk, 6, clock=runtime.clock)
     llm.add(Reply(message(tool_use("cleanup", {"root": str(junk), "older_than": 0, "rationale": "x"})), hold=release))
     await turn(engine)
     for f in junk.iterdir():
@@ -176,7 +148,7 @@ async def test_an_incident_that_resolves_while_the_model_thinks_is_left_alone(ru
 ], ids=["refusal", "empty", "cut-off", "bad-input", "notify-and-act"])
 async def test_unusable_answers_fall_back_to_the_rules(runtime: Runtime, llm: ScriptedLLM, junk: Path,
                                                        reply: dict, kind: str) -> None:
-    fill(junk, 6, runtime)
+    fill(junk, 6, clock=runtime.clock)
     llm.add(reply)
     await turn(Engine(runtime))
     [fallback] = await types(runtime, "llm.fallback")
@@ -189,7 +161,7 @@ async def test_max_steps_bounds_the_investigation(ops: Ops, llm: ScriptedLLM, ju
     ops.set_config("llm", "max_steps", 3)
     rt = await open_runtime(ops, llm)
     try:
-        fill(junk, 6, rt)
+        fill(junk, 6, clock=rt.clock)
         llm.add(*(message(tool_use("beat_history", {})) for _ in range(5)))
         await turn(Engine(rt))
         assert len(llm.requests) == 3
@@ -202,7 +174,7 @@ async def test_max_steps_bounds_the_investigation(ops: Ops, llm: ScriptedLLM, ju
 
 async def test_system_prompt_and_tools_are_byte_identical_between_calls_and_cached(runtime: Runtime, llm: ScriptedLLM,
                                                                                    junk: Path) -> None:
-    fill(junk, 6, runtime)
+    fill(junk, 6, clock=runtime.clock)
     thinking = {"type": "thinking", "thinking": "", "signature": "c2lnbmF0dXJl"}
     llm.add(message(thinking, tool_use("probe_detail", {"check": "junk"})),
             message(tool_use("process_list", {"limit": 3})), message(tool_use("notify_only", {"reason": "old logs"})))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import pytest
 
@@ -124,11 +124,10 @@ async def test_investigation_arguments_are_checked_and_refusals_go_back_to_the_m
 
 
 @pytest.fixture
-def llm(ops: Ops) -> Iterator[ScriptedLLM]:
-    with ScriptedLLM() as server:
-        ops.set_config("llm", "base_url", server.url)
-        ops.set_config("llm", "ask_interval", "0s")
-        yield server
+def llm(llm: ScriptedLLM, ops: Ops) -> ScriptedLLM:
+    """conftest's model, asked without the interval between questions."""
+    ops.set_config("llm", "ask_interval", "0s")
+    return llm
 
 
 def test_each_question_fences_data_under_a_new_tag_that_a_planted_tag_cannot_close(

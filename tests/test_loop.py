@@ -4,46 +4,14 @@ dir_size threshold is notified, cleaned, or escalated depending on the autonomy 
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
-import pytest
-
+from _helpers import events, fill
 from conftest import Ops
-
-DAY = 86400
-
-
-@pytest.fixture
-def junk(ops: Ops, tmp_path: Path) -> Path:
-    """A cleanup root watched by a dir_size check (warning at 20 KB), allowed by the policy."""
-    root = tmp_path / "junk"
-    root.mkdir()
-    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "20KB"\n')
-    (ops.dir / "policies" / "local.toml").write_text(f'[constraints]\ncleanup_roots = ["{root}"]\n')
-    return root
-
-
-def fill(root: Path, count: int, size: int = 4096, age_days: float = 30, prefix: str = "old") -> list[Path]:
-    files = []
-    for i in range(count):
-        path = root / f"{prefix}-{i:03}.log"
-        path.write_bytes(b"x" * size)
-        then = time.time() - age_days * DAY
-        os.utime(path, (then, then))
-        files.append(path)
-    return files
 
 
 def set_destructive_above(ops: Ops, size: str) -> None:
     (ops.dir / "kernel" / "actions.toml").write_text(f'[cleanup]\ndestructive_above = "{size}"\n')
-
-
-def events(ops: Ops, type_glob: str = "*") -> list[dict]:
-    result = ops.cli("events", "list", "--type", type_glob, "--limit", "1000", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_low_autonomy_notifies_and_deletes_nothing(ops: Ops, junk: Path) -> None:

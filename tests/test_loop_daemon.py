@@ -6,32 +6,14 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Callable
 
-from conftest import Ops, base_env
-
-
-def start(ops: Ops) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(ops.config), "run"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=base_env())
+from _helpers import db_rows, run_daemon, stop_daemon, wait_until
+from conftest import Ops
 
 
 def event_types(ops: Ops) -> list[tuple[str, dict]]:
-    with sqlite3.connect(ops.data_dir / "fazt-agent.db") as db:
-        return [(t, json.loads(d)) for t, d in db.execute("SELECT type, data FROM events ORDER BY id")]
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return [(r["type"], json.loads(r["data"])) for r in db_rows(ops, "SELECT type, data FROM events ORDER BY id")]
 
 
 def test_a_daemon_killed_during_apply_marks_the_action_interrupted_and_decides_afresh(ops: Ops, tmp_path: Path) -> None:
@@ -47,19 +29,18 @@ def test_a_daemon_killed_during_apply_marks_the_action_interrupted_and_decides_a
         'args = { name = "slow-fix" }\n')
     ops.write_pulse("broken", '[[checks]]\nname = "broken"\nkind = "command"\ncommand = ["/bin/sh", "-c", "echo CRITICAL - down; exit 2"]\n')
     ops.set_config("agent", "autonomy", "high")  # destructive but deleting nothing: acts at high
-    daemon = start(ops)
+    daemon = run_daemon(ops)
     try:
         wait_until("the slow action to start", pidfile.exists)
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
         assert [t for t, _ in event_types(ops)].count("action.started") == 1
         assert ops.cli("autonomy", "medium").returncode == 0  # a fresh verdict at medium asks
-        restarted = start(ops)
+        restarted = run_daemon(ops)
         try:
             wait_until("a halt after the restart", lambda: "halt.requested" in [t for t, _ in event_types(ops)])
         finally:
-            restarted.send_signal(signal.SIGTERM)
-            _, err = restarted.communicate(timeout=10)
+            err = stop_daemon(restarted, 10, check=False)
         assert restarted.returncode == 0, err
     finally:
         if daemon.poll() is None:

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Ops, age_file, next_local
+from _helpers import FakeClock, fill, turn, types
+from conftest import Ops, next_local
 from fazt_agent.clock import parse_iso
 from fazt_agent.config import load_config
 from fazt_agent.engine import Engine
@@ -22,48 +23,11 @@ from fazt_agent.policy.model import Defaults, Match, Rule, Schedule, Verdicts
 from fazt_agent.runtime import Runtime
 
 
-class FakeClock:
-    """Starts at the real now (a fixed date would be a time bomb); a test that needs a weekday or
-    an hour moves it there, and the files a test ages are aged by it."""
-
-    def __init__(self) -> None:
-        self.t = datetime.now(timezone.utc)
-        self.mono = 1000.0
-
-    def now(self) -> datetime:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
-        self.mono += seconds
-
-    def advance_to(self, when: datetime) -> None:
-        self.advance((when - self.t).total_seconds())
-
-
 @pytest.fixture
 def clock() -> FakeClock:
+    """From the real now; a test that needs a weekday or an hour moves it there, and the files a
+    test ages are aged by it (`fill(..., clock=clock)`: the clock the cleanup reads)."""
     return FakeClock()
-
-
-@pytest.fixture
-def junk(ops: Ops, tmp_path: Path) -> Path:
-    root = tmp_path / "junk"
-    root.mkdir()
-    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "20KB"\n')
-    (ops.dir / "policies" / "local.toml").write_text(f'[constraints]\ncleanup_roots = ["{root}"]\n')
-    return root
-
-
-def fill(root: Path, count: int, clock: FakeClock, age_days: float = 30, prefix: str = "old") -> None:
-    """`count` files of 4 KiB, `age_days` old by the fake clock (the one the cleanup reads)."""
-    for i in range(count):
-        path = root / f"{prefix}-{i:03}.log"
-        path.write_bytes(b"x" * 4096)
-        age_file(path, age_days * 86400, clock.now())
 
 
 @pytest.fixture
@@ -73,22 +37,12 @@ async def engine(ops: Ops, clock: FakeClock, junk: Path) -> AsyncIterator[Engine
     await rt.close()
 
 
-async def turn(engine: Engine) -> None:
-    beat = await engine.rt.pulse.beat(everything=True)
-    await engine.on_beat(beat)
-    await engine.sweep()
-
-
-async def types(engine: Engine, glob: str) -> list[dict]:
-    return [e.data for e in reversed(await engine.rt.events.list(type_glob=glob, limit=1000))]
-
-
 async def test_an_unanswered_halt_is_reminded_then_expires_to_deny(engine: Engine, clock: FakeClock, junk: Path,
                                                                    ops: Ops) -> None:
     (ops.dir / "kernel" / "actions.toml").write_text('[cleanup]\ndestructive_above = "16KB"\n')
     await engine.reload_policy()
     await engine.set_autonomy("medium", by="test")
-    fill(junk, 10, clock)
+    fill(junk, 10, clock=clock)
     await turn(engine)
     [halt] = await engine.executor.halts.list(status="pending")
     clock.advance(20 * 3600)  # the reminder goes out at 80 % of the 24 h
@@ -116,7 +70,7 @@ async def test_a_policy_snooze_option_puts_the_question_off_and_asks_again_later
     policy.write_text(text)
     await engine.reload_policy()
     await engine.set_autonomy("medium", by="test")
-    fill(junk, 10, clock)
+    fill(junk, 10, clock=clock)
     await turn(engine)
     [halt] = await engine.executor.halts.list(status="pending")
     assert halt.options == ["approve", "deny", "snooze-4h"] and "snooze-4h" in halt.body
@@ -135,8 +89,8 @@ async def test_a_policy_snooze_option_puts_the_question_off_and_asks_again_later
 
 async def test_an_action_that_did_not_help_is_reported_once(engine: Engine, clock: FakeClock, junk: Path) -> None:
     await engine.set_autonomy("medium", by="test")
-    fill(junk, 3, clock)
-    fill(junk, 10, clock, age_days=0, prefix="fresh")  # too young to clean: the directory stays too big
+    fill(junk, 3, clock=clock)
+    fill(junk, 10, clock=clock, age_days=0, prefix="fresh")  # too young to clean: the directory stays too big
     await turn(engine)
     assert len(await types(engine, "action.succeeded")) == 1
     clock.advance(60)
@@ -158,12 +112,12 @@ async def test_an_action_that_did_not_help_is_reported_once(engine: Engine, cloc
 async def test_a_recurring_problem_waits_for_the_cooldown_then_acts_again(engine: Engine, clock: FakeClock,
                                                                          junk: Path) -> None:
     await engine.set_autonomy("medium", by="test")
-    fill(junk, 6, clock)
+    fill(junk, 6, clock=clock)
     await turn(engine)
     clock.advance(60)
     await turn(engine)
     assert len(await types(engine, "incident.resolved")) == 1
-    fill(junk, 6, clock, prefix="again")
+    fill(junk, 6, clock=clock, prefix="again")
     clock.advance(60)
     await turn(engine)
     held = (await types(engine, "decision.made"))[-1]
@@ -227,7 +181,7 @@ async def test_maintenance_window_holds_actions_silently(engine: Engine, clock: 
     await engine.reload_policy()
     await engine.set_autonomy("medium", by="test")
     clock.advance_to(next_local(clock.now(), 0, 13, "Europe/Berlin"))  # a Monday, 13:00 in Berlin
-    fill(junk, 5, clock)
+    fill(junk, 5, clock=clock)
     await turn(engine)  # inside the window
     [decision] = await types(engine, "decision.made")
     assert decision["verdict"] == "notify" and "maintenance window" in decision["reason"]
@@ -271,7 +225,7 @@ def test_no_plan_above_the_levels_allowed_risk_is_ever_act(rule, plan, level, sc
 
 async def test_an_incident_of_a_check_removed_from_the_config_is_resolved_at_start(ops: Ops, clock: FakeClock,
                                                                                    junk: Path) -> None:
-    fill(junk, 10, clock)
+    fill(junk, 10, clock=clock)
     rt = await Runtime.open(load_config(ops.config), clock=clock)
     try:
         await turn(Engine(rt))

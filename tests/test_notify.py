@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
+from _helpers import FakeClock, logged
 from fazt_agent.clock import iso
 from fazt_agent.events import EventLog
 from fazt_agent.notify import Notifications, NotifyError, backoff
@@ -21,20 +22,6 @@ from fazt_agent.store import Store
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 SECRET = "tok3n-s3cr3t-9f8e7d"
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0):
-        self.t = now
-
-    def now(self) -> datetime:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t.timestamp()
-
-    def advance(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
 
 
 class Hook:
@@ -75,7 +62,7 @@ def hook() -> Iterator[Hook]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0, mono=None)
 
 
 @pytest.fixture
@@ -95,10 +82,6 @@ async def _row(store: Store, notification_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-async def _events(n: Notifications) -> list[tuple[str, dict[str, Any]]]:
-    return [(e.type, e.data) for e in await n.events.list(type_glob="notification.*", newest_first=False)]
-
-
 async def test_without_urls_a_notification_goes_to_the_log_at_warning(
         store: Store, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     n = _notifications(store, clock, [])
@@ -109,7 +92,7 @@ async def test_without_urls_a_notification_goes_to_the_log_at_warning(
     assert "Disk almost full" in record.getMessage() and "/ is 95 % full" in record.getMessage()
     row = await _row(store, nid)
     assert (row["status"], row["attempts"], row["sent_at"]) == ("sent", 1, iso(T0))
-    assert await _events(n) == [("notification.sent", {
+    assert await logged(n, "notification.*") == [("notification.sent", {
         "notification_id": nid, "channel": "log", "title": "Disk almost full", "attempts": 1, "halt_id": 4})]
     assert await n.pending() == []
 
@@ -123,7 +106,7 @@ async def test_a_failed_apprise_delivery_is_retried_after_backoff_and_then_sent(
     retry_at = iso(T0 + timedelta(seconds=30))
     assert (row["status"], row["attempts"], row["next_attempt_at"]) == ("pending", 1, retry_at)
     assert "error=500" in row["last_error"]
-    [(kind, data)] = await _events(n)
+    [(kind, data)] = await logged(n, "notification.*")
     assert kind == "notification.failed"
     assert data == {"notification_id": nid, "attempt": 1, "error": row["last_error"],
                     "next_attempt_at": retry_at, "gave_up": False}
@@ -138,7 +121,7 @@ async def test_a_failed_apprise_delivery_is_retried_after_backoff_and_then_sent(
     assert [p for _, p in hook.posts] == [
         {"version": "1.0", "title": "Approve cleanup?", "message": "delete 42 files under /srv/tmp",
          "attachments": [], "type": "failure"}] * 2
-    assert (await _events(n))[-1] == ("notification.sent", {
+    assert (await logged(n, "notification.*"))[-1] == ("notification.sent", {
         "notification_id": nid, "channel": "apprise", "title": "Approve cleanup?", "attempts": 2, "halt_id": None})
     assert await n.deliver_due() == 0
 
@@ -162,7 +145,7 @@ async def test_retries_wait_longer_each_time_and_give_up_after_max_attempts(
     assert waits == [30, 60, 120, 240]
     row = await _row(store, nid)
     assert (row["status"], row["attempts"]) == ("gave_up", 5)
-    failed = [d for t, d in await _events(n) if t == "notification.failed"]
+    failed = [d for t, d in await logged(n, "notification.*") if t == "notification.failed"]
     assert [(d["attempt"], d["gave_up"]) for d in failed] == [(a, a == 5) for a in range(1, 6)]
     assert failed[-1]["next_attempt_at"] is None
     clock.advance(86400)
@@ -196,7 +179,7 @@ async def test_an_invalid_apprise_url_fails_with_a_clear_error_and_no_exception(
     row = await _row(store, nid)
     assert (row["status"], row["attempts"]) == ("pending", 1)
     assert row["last_error"].startswith("apprise does not understand notification URL(s) nonsense://***")
-    assert (await _events(n))[0][1]["error"] == row["last_error"]
+    assert (await logged(n, "notification.*"))[0][1]["error"] == row["last_error"]
 
 
 async def test_two_processes_delivering_at_once_send_a_notification_exactly_once(

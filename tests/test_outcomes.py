@@ -5,47 +5,24 @@ notification, and leaves nothing to verify; a partial cleanup is done and counts
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import pytest
 
+from _helpers import events, fill
 from conftest import Ops
 
 
-def fill(root: Path, count: int, size: int = 4096, age_days: float = 30) -> list[Path]:
-    """`count` files of `size` bytes, `age_days` old by the real clock (the CLI's clock)."""
-    files = []
-    for i in range(count):
-        path = root / f"old-{i:03}.log"
-        path.write_bytes(b"x" * size)
-        then = time.time() - age_days * 86400
-        os.utime(path, (then, then))
-        files.append(path)
-    return files
-
-
-def events(ops: Ops, type_glob: str = "*") -> list[dict]:
-    result = ops.cli("events", "list", "--type", type_glob, "--limit", "1000", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 @pytest.fixture
-def halt(ops: Ops, tmp_path: Path) -> tuple[int, Path, list[Path]]:
+def halt(ops: Ops, junk: Path) -> tuple[int, Path, list[Path]]:
     """A pending halt to delete 10 old files (40 KiB, destructive above 16 KB) under a watched root."""
-    root = tmp_path / "junk"
-    root.mkdir()
-    ops.write_pulse("junk", f'[[checks]]\nname = "junk"\nkind = "dir_size"\npath = "{root}"\nwarning = "20KB"\n')
-    (ops.dir / "policies" / "local.toml").write_text(f'[constraints]\ncleanup_roots = ["{root}"]\n')
     ops.set_config("agent", "autonomy", "medium")
     (ops.dir / "kernel" / "actions.toml").write_text('[cleanup]\ndestructive_above = "16KB"\n')
-    files = fill(root, 10)
+    files = fill(junk, 10)
     ops.cli("beat")
     [pending] = json.loads(ops.cli("halts", "list", "--json").stdout)
     assert pending["plan"]["summary"].startswith("delete 10 files")
-    return pending["id"], root, files
+    return pending["id"], junk, files
 
 
 def test_approving_a_halt_whose_files_are_gone_is_nothing_done_not_done(ops: Ops, halt) -> None:

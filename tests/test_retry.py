@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
+from _helpers import FakeClock, events, turn
 from conftest import Ops
 from fazt_agent.clock import parse_iso
 from fazt_agent.config import load_config
@@ -60,12 +61,6 @@ def make_app(ops: Ops, tmp_path: Path, *, risk: str = "safe", backoff: str | Non
     policy.write_text(text)
     ops.set_config("agent", "autonomy", "medium")
     return app
-
-
-def events(ops: Ops, type_glob: str = "*") -> list[dict]:
-    result = ops.cli("events", "list", "--type", type_glob, "--limit", "1000", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def triggers(ops: Ops) -> list[str]:
@@ -147,27 +142,6 @@ def test_a_worsening_while_a_halt_waits_asks_again_and_withdraws_the_older_halt(
 
 
 # -- the default backoff, with a fake clock (from the real now) -----------------------------
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = datetime.now(timezone.utc)
-        self.mono = 1000.0
-
-    def now(self) -> datetime:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
-        self.mono += seconds
-
-
-async def turn(engine: Engine) -> None:
-    await engine.on_beat(await engine.rt.pulse.beat(everything=True))
-    await engine.sweep()
-
 
 async def test_the_default_backoff_is_5_15_60_minutes_then_4_hours_for_five_attempts(
         ops: Ops, tmp_path: Path) -> None:

@@ -15,22 +15,22 @@ import hashlib
 import hmac
 import json
 import re
-import signal
-import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import tomllib
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlencode
 
+import _helpers
 import httpx
 import pytest
 import tomli_w
+from _helpers import db_events, halt_row, run_daemon, stop_daemon
 from _mcp import destructive_junk, listen
 from aiohttp import web
 from conftest import Ops, base_env, free_port
@@ -207,33 +207,8 @@ def interaction(halt_id: int, option: str, *, user: str = OWNER, action_id: str 
 
 # -- the agent ---------------------------------------------------------------------------------
 
-def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def events(ops: Ops, type_: str) -> list[dict[str, Any]]:
-    try:
-        with sqlite3.connect(f"file:{ops.data_dir / 'fazt-agent.db'}?mode=ro", uri=True) as db:
-            return [json.loads(d) for (d,) in db.execute("SELECT data FROM events WHERE type = ? ORDER BY id",
-                                                         (type_,))]
-    except sqlite3.OperationalError:   # the daemon is still creating its database
-        return []
-
-
-def halt_row(ops: Ops, halt_id: int) -> dict[str, Any]:
-    with sqlite3.connect(f"file:{ops.data_dir / 'fazt-agent.db'}?mode=ro", uri=True) as db:
-        db.row_factory = sqlite3.Row
-        return dict(db.execute("SELECT * FROM halts WHERE id = ?", (halt_id,)).fetchone())
-
-
-def answered(ops: Ops, halt_id: int) -> dict[str, Any]:
-    return wait_until(f"halt #{halt_id} answered", lambda: (h := halt_row(ops, halt_id))["status"] != "pending" and h)
+wait_until = partial(_helpers.wait_until, interval=0.02)
+answered = partial(_helpers.answered, interval=0.02)
 
 
 @dataclass
@@ -245,20 +220,12 @@ class Agent:
     proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "fazt_agent", "--config", str(self.ops.config), "run"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self.env)
+        self.proc = run_daemon(self.ops, self.env)
 
     def stop(self) -> str:
         assert self.proc is not None
         t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-            raise AssertionError(f"the daemon did not stop on SIGTERM:\n{err}") from None
-        assert self.proc.returncode == 0, err
+        err = stop_daemon(self.proc)
         assert time.monotonic() - t0 < 5.0, "the daemon took more than 5 s to stop"   # Slack never holds it
         for secret in (BOT_TOKEN, APP_TOKEN, SIGNING_SECRET, "ticket="):
             assert secret not in err   # neither the tokens nor the socket's ticket are logged
@@ -277,7 +244,7 @@ class Agent:
         return self.slack.calls_of("chat.update")
 
     def refusals(self) -> list[dict[str, Any]]:
-        return events(self.ops, "halt.answer_refused")
+        return db_events(self.ops, "halt.answer_refused")
 
     def interactivity(self) -> str:
         return f"http://{listen(self.ops)}/slack/interactivity"
@@ -385,8 +352,8 @@ def test_a_halt_is_posted_with_a_button_per_option_and_an_owners_click_runs_the_
     assert update.args["channel"] == POSTED_CHANNEL and buttons_of(update.args["blocks"]) == []
     assert "old-000.log" in text_of(update.args["blocks"])   # the plan stays
     time.sleep(0.5)   # room for a second answer, had the redelivery been taken
-    assert [(e["by"], e["channel"]) for e in events(agent.ops, "halt.answered")] == [("alice", "slack")]
-    assert len(events(agent.ops, "action.started")) == 1
+    assert [(e["by"], e["channel"]) for e in db_events(agent.ops, "halt.answered")] == [("alice", "slack")]
+    assert len(db_events(agent.ops, "action.started")) == 1
     assert agent.refusals() == [] and agent.slack.calls_of("chat.postEphemeral") == []
     agent.stop()
 
@@ -427,7 +394,7 @@ def test_a_click_from_someone_who_is_not_an_owner_is_refused_recorded_and_told(a
     assert late.args["user"] == OWNER
     assert f"halt #{halt_id} was already answered 'deny' by alice via slack at" in late.args["text"]
     assert [(r["by"], r["channel"]) for r in agent.refusals()] == [(f"slack:{STRANGER}", "slack"), ("alice", "slack")]
-    assert all(f.exists() for f in agent.files) and events(agent.ops, "action.started") == []
+    assert all(f.exists() for f in agent.files) and db_events(agent.ops, "action.started") == []
     agent.stop()
 
 
@@ -451,7 +418,7 @@ def test_a_socket_dropped_mid_envelope_reconnects_and_the_redelivered_click_answ
     envelope = click(halt_id, "approve")
     agent.slack.drop_mid_envelope(envelope)
     agent.slack.wait_connections(2)
-    [dropped] = wait_until("slack.disconnected", lambda: events(agent.ops, "slack.disconnected"))
+    [dropped] = wait_until("slack.disconnected", lambda: db_events(agent.ops, "slack.disconnected"))
     assert dropped["retry_in_s"] == 0 and dropped["error"]
     assert halt_row(agent.ops, halt_id)["status"] == "pending"   # half an envelope answers nothing
     assert len(agent.slack.calls_of("apps.connections.open")) == 2   # a fresh URL for the new socket
@@ -464,7 +431,7 @@ def test_a_socket_dropped_mid_envelope_reconnects_and_the_redelivered_click_answ
     time.sleep(1.0)
     agent.slack.send({"type": "disconnect", "reason": "refresh_requested"})
     agent.slack.wait_connections(3)
-    assert len(events(agent.ops, "slack.disconnected")) == 1
+    assert len(db_events(agent.ops, "slack.disconnected")) == 1
     agent.stop()
 
 
@@ -474,7 +441,7 @@ def test_a_refused_socket_mode_token_is_retried_with_backoff(make_agent: Callabl
     agent = make_agent()   # waits for the connection that the third attempt makes
     opens = slack.calls_of("apps.connections.open")
     assert len(opens) == 3 and opens[2].at - opens[1].at >= 0.9   # 1 s, then 1 s more at least
-    [down] = events(agent.ops, "slack.disconnected")   # once for the outage
+    [down] = db_events(agent.ops, "slack.disconnected")   # once for the outage
     assert "invalid_auth" in down["error"] and "[slack] app_token" in down["error"]
     agent.stop()
 
@@ -504,7 +471,7 @@ def test_malformed_envelopes_answer_nothing_are_recorded_and_the_daemon_keeps_an
     cases = MALFORMED + bad_clicks
     for envelope, _ in cases:
         agent.slack.send(envelope)
-    refused = wait_until("every envelope refused", lambda: len(r := events(agent.ops, "slack.refused")) >= len(cases)
+    refused = wait_until("every envelope refused", lambda: len(r := db_events(agent.ops, "slack.refused")) >= len(cases)
                          and r)
     assert len(refused) == len(cases)
     reasons = [r["reason"] for r in refused]
@@ -551,7 +518,7 @@ def test_the_interactivity_endpoint_answers_a_signed_click_and_refuses_forged_st
     for body, headers in (forged, stale, altered, unsigned):
         response = httpx.post(url, content=body, headers=headers)
         assert response.status_code == 401, response.text
-    refused = events(agent.ops, "slack.refused")
+    refused = db_events(agent.ops, "slack.refused")
     assert [(r["via"], r["status"]) for r in refused] == [("http", 401)] * 4
     assert "does not verify" in refused[0]["reason"]
     assert re.search(r"signed 10 min( \d+ s)? ago; more than 5 min is refused", refused[1]["reason"])
@@ -566,7 +533,7 @@ def test_the_interactivity_endpoint_answers_a_signed_click_and_refuses_forged_st
                             "carries the value")):
         response = httpx.post(url, content=signed(payload)[0], headers=signed(payload)[1])
         assert response.status_code == 400 and words in response.text
-    assert [r["status"] for r in events(agent.ops, "slack.refused")][4:] == [400, 400]
+    assert [r["status"] for r in db_events(agent.ops, "slack.refused")][4:] == [400, 400]
     assert httpx.get(url).status_code == 405
 
     # a signed click from the owner answers (200 at once), the plan runs, the message loses its buttons
@@ -582,7 +549,7 @@ def test_the_interactivity_endpoint_answers_a_signed_click_and_refuses_forged_st
     response = httpx.post(url, content=signed(approve)[0], headers=signed(approve)[1])
     assert response.status_code == 200
     time.sleep(0.5)
-    assert len(events(agent.ops, "halt.answered")) == 1 and agent.refusals() == []
+    assert len(db_events(agent.ops, "halt.answered")) == 1 and agent.refusals() == []
     assert agent.alive()
     agent.stop()
 
