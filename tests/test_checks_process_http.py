@@ -1,5 +1,6 @@
 """The `process` kind against this test process, and `http` against a real local server."""
 
+import json
 import socket
 import threading
 import time
@@ -61,6 +62,81 @@ async def test_process_over_its_rss_threshold_warns():
     me = psutil.Process().name()
     [result] = await run({"kind": "process", "name": "py", "process": me, "rss_warning": "1KB"})
     assert result.status == "warning"
+
+
+async def test_the_process_checks_of_one_beat_read_the_table_once_and_each_sees_the_cpu(monkeypatch):
+    """N process checks cost one pass over the process table a beat (not N), and two checks
+    matching the same busy process both see its CPU since the previous beat."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from fazt_agent.pulse.runner import run_checks
+
+    scans = 0
+    real = psutil.process_iter
+
+    def counted(*args, **kwargs):
+        nonlocal scans
+        scans += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(psutil, "process_iter", counted)
+    mark = f"fazt-busy-{time.monotonic_ns()}"
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass", mark])
+    try:
+        kind = CHECKS["process"]
+        checks = [kind(ProcessConfig.model_validate({"kind": "process", "name": f"busy-{i}", "process": mark,
+                                                      "match": "cmdline"})) for i in range(5)]
+        ctx = CheckContext(SystemClock())
+        await run_checks(checks, ctx, 10.0)   # a first beat: cpu_percent starts measuring
+        await asyncio.sleep(0.5)
+        results = await run_checks(checks, ctx, 10.0)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert scans == 2   # one pass a beat
+    assert [r.metrics["count"] for r in results] == [1.0] * 5
+    assert all(r.metrics["cpu_percent"] > 20 for r in results), [r.message for r in results]
+
+
+async def test_the_app_checks_of_one_beat_read_the_apps_planes_listing_once():
+    """One check per app (the shape kinds_scale found quadratic): N checks read the listing once a
+    beat, then each probes its own app."""
+    from datetime import datetime, timezone
+
+    from fazt_agent.pulse.runner import run_checks
+
+    hits: list[str] = []
+    apps = [{"name": f"app{i}", "release": 1, "deployed_at": datetime.now(timezone.utc).isoformat(), "health": None}
+            for i in range(4)]
+
+    class Plane(Handler):
+        def do_GET(self) -> None:
+            hits.append(self.path if self.path.startswith("/.well-known") else self.headers["Host"])
+            if self.path == "/.well-known/fazt-apps":
+                self.reply(200, json.dumps(apps).encode())
+            else:
+                self.reply(200, b"ok")
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Plane)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        kind = CHECKS["app"]
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        checks = [kind(kind.Config.model_validate({"kind": "app", "name": f"app-{i}", "url": url, "apps": [f"app{i}"]}))
+                  for i in range(4)]
+        results = await run_checks(checks, CheckContext(SystemClock()), 10.0)
+        assert [(r.target, r.status) for r in results] == [(f"app{i}", "ok") for i in range(4)]
+        assert hits.count("/.well-known/fazt-apps") == 1
+        assert sorted(h for h in hits if not h.startswith("/")) == [f"app{i}.localhost" for i in range(4)]
+        results = await run_checks(checks, CheckContext(SystemClock()), 10.0)   # the next beat reads it again
+        assert hits.count("/.well-known/fazt-apps") == 2
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
 
 
 def test_process_config_refuses_bad_values():

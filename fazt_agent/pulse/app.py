@@ -54,12 +54,19 @@ class AppCheck(Check):
     async def _collect(self, client: HttpPool, ctx: CheckContext) -> list[CheckResult]:
         c = self.config
         base = c.url.rstrip("/")
-        try:
+
+        async def read_listing() -> list[dict[str, object]]:
             async with asyncio.timeout(c.request_timeout):
                 listing = await client.request("GET", f"{base}/.well-known/fazt-apps", body_limit=_LISTING_LIMIT)
             if not 200 <= listing.status_code < 300:
                 raise ValueError(f"status {listing.status_code}")
             apps = json.loads(listing.body)
+            if not isinstance(apps, list) or not all(isinstance(a, dict) and "name" in a for a in apps):
+                raise ValueError("the listing is not a list of apps")
+            return apps
+
+        try:   # one listing a beat for every app check of this apps plane (N checks of one app each: not N reads)
+            apps = await ctx.once(f"app.listing {base} {c.request_timeout}", read_listing)
         except TimeoutError:
             return [self.result("", "critical", f"the apps plane at {base} does not answer within "
                                                 f"{format_duration(c.request_timeout)}")]

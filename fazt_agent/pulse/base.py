@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, ClassVar, Literal, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -145,6 +145,20 @@ class CheckContext:
     history: History | None = None
     interval: float = 60.0   # the [pulse] interval, for checks whose config does not set their own
     shared: Shared | None = None   # None: a check run on its own makes what it needs and closes it
+    memo: dict[str, Any] | None = None   # what the checks of one beat read once (`once`); None: no sharing
+
+    def once(self, key: str, make: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """What every check of this beat asking `key` shares (the process table, the apps plane's
+        listing): made by the first to ask, so N checks cost one read and not N; a check that
+        times out stops waiting without cancelling it for the others."""
+        import asyncio
+
+        if self.memo is None:
+            return make()
+        task = self.memo.get(key)
+        if task is None:
+            task = self.memo[key] = asyncio.ensure_future(make())
+        return asyncio.shield(task)
 
 
 OVERLOADED = "agent_overloaded"   # details.cause of a result the agent could not measure in time

@@ -196,6 +196,8 @@ async def run_checks(checks: list[Check], ctx: CheckContext, default_timeout: fl
     of `checks`, problems of `for = N` checks annotated with how far they are confirmed (see the
     module docstring)."""
     slots, watch = Slots(max_concurrency), LoopWatch()
+    if ctx.memo is None:   # one beat: what several checks read (CheckContext.once) is read once
+        ctx = replace(ctx, memo={})
     watch.start()
     try:
         groups = await asyncio.gather(*(run_check(c, ctx, default_timeout, slots, watch) for c in checks))
