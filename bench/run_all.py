@@ -1,7 +1,7 @@
 """Run every benchmark (each in its own process, with --json) and print one summary table.
 
-`make bench` calls this. `--quick` shortens the idle window to 15 s and runs http_scale at 500
-checks only, with a 10 s window. Exit code 0 when every
+`make bench` calls this. `--quick` shortens the idle window to 15 s, runs http_scale at 500
+checks only, with a 10 s window, and kinds_scale at 1, 10 and 100 checks. Exit code 0 when every
 benchmark ran and met its target, 1 otherwise, 2 for bad arguments.
 
     python bench/run_all.py [--quick] [--json]
@@ -77,6 +77,11 @@ ROWS: list[Row] = [
      lambda r: bool(r["met"]) and r["met"]["cpu_percent"]),
     ("http_scale", "500 http: Monit RSS max (MiB)", lambda r: _http(r, 500, "monit", "rss_mb_max"), "", None),
     ("http_scale", "500 http: Monit CPU (%)", lambda r: _http(r, 500, "monit", "cpu_percent"), "", None),
+    # one row per check kind: ms per check at the largest N / at N = 10; met: time and RSS linear
+    *[("kinds_scale", f"{kind}: ms/check, top / N=10", lambda r, k=kind: _kind(r, k, "time_ratio"), "<=2 or CPU",
+       lambda r, k=kind: _kind(r, k, "time_ok") is True and _kind(r, k, "rss_ok") is not False)
+      for kind in ("app", "cert_file", "command", "dir_size", "disk", "file_age", "http", "process", "system", "tls")],
+    ("kinds_scale", "kinds: daemon RSS, top N, max (MiB)", lambda r: _kinds_rss(r), "", None),
     ("cli_latency", "python -c pass median (ms)", lambda r: _cli(r, "python -c pass"), "", None),
     ("cli_latency", "monit status median (ms)", lambda r: _cli(r, "monit status"), "", None),
     ("cli_latency", "floor: asyncio+pydantic (ms)", lambda r: _cli(r, "floor: asyncio, sqlite3, pydantic"), "", None),
@@ -120,6 +125,17 @@ def _http(report: dict[str, Any], n: int, who: str, metric: str) -> float | None
     return side.get(metric) if side else None
 
 
+def _kind(report: dict[str, Any], kind: str, key: str) -> Any:
+    """One figure of kinds_scale's linearity verdict of `kind`; None when that kind was not measured."""
+    return report["kinds"].get(kind, {}).get("linear", {}).get(key)
+
+
+def _kinds_rss(report: dict[str, Any]) -> float | None:
+    """The largest daemon RSS of kinds_scale at its largest size, over every kind."""
+    tops = [data["rows"][-1]["fazt"].get("rss_mb_end") for data in report["kinds"].values() if data["rows"]]
+    return max((t for t in tops if t is not None), default=None)
+
+
 def _http_ok(report: dict[str, Any], n: int) -> float | None:
     results, ok = _http(report, n, "fazt", "results"), _http(report, n, "fazt", "results_ok")
     return 100 * ok / results if results and ok is not None else None
@@ -151,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         # beside Monit (scripts/bench-deps installs it); --quick: 500 checks only, a 10 s window
         "http_scale": run("http_scale.py", ["--checks", "500", "--seconds", "10"] if args.quick else [],
                           timeout=300 if args.quick else 900),
+        # every check kind at 1/10/100/500 checks, beside Monit and the bare calls; --quick: up to 100
+        "kinds_scale": run("kinds_scale.py", ["--checks", "1,10,100", "--beats", "3", "--max-seconds", "300"]
+                           if args.quick else [], timeout=420 if args.quick else 720),
     }
     table = []
     all_ok = True
