@@ -28,8 +28,11 @@ SYSTEM_CONFIG = Path("/etc/fazt-agent/config.toml")
 
 class Model(BaseModel):
     # allow_inf_nan: "nan" or "inf" reaching a float through a ${NAME} string (literal ones are
-    # refused by read_toml): a nan limit never compares true, an inf one overflows
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # refused by read_toml): a nan limit never compares true, an inf one overflows.
+    # defer_build: a validator is built when first used, not at import; loading a config builds
+    # ConfigFile's alone (its sections inline), so the default sections below are made with
+    # model_construct (the declared defaults, unvalidated as pydantic leaves defaults anyway)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
 
 class AgentSection(Model):
@@ -226,15 +229,15 @@ class LlmPrice(Model):
 
 
 DEFAULT_LLM_MODEL = "claude-sonnet-5-5"
-DEFAULT_PRICES: dict[str, LlmPrice] = {  # Anthropic's list prices; 5-minute cache writes
-    "claude-sonnet-5-5": LlmPrice(input_per_mtok=2.0, output_per_mtok=10.0, cache_read_per_mtok=0.20,
-                                  cache_write_per_mtok=2.50),
-    "claude-sonnet-5": LlmPrice(input_per_mtok=2.0, output_per_mtok=10.0, cache_read_per_mtok=0.20,
-                                cache_write_per_mtok=2.50),
-    "claude-sonnet-4-6": LlmPrice(input_per_mtok=3.0, output_per_mtok=15.0, cache_read_per_mtok=0.30,
-                                  cache_write_per_mtok=3.75),
-    "claude-haiku-4-5": LlmPrice(input_per_mtok=1.0, output_per_mtok=5.0, cache_read_per_mtok=0.10,
-                                 cache_write_per_mtok=1.25),
+DEFAULT_PRICES: dict[str, LlmPrice] = {  # Anthropic's list prices; 5-minute cache writes (built unvalidated)
+    "claude-sonnet-5-5": LlmPrice.model_construct(input_per_mtok=2.0, output_per_mtok=10.0,
+                                                  cache_read_per_mtok=0.20, cache_write_per_mtok=2.50),
+    "claude-sonnet-5": LlmPrice.model_construct(input_per_mtok=2.0, output_per_mtok=10.0,
+                                                cache_read_per_mtok=0.20, cache_write_per_mtok=2.50),
+    "claude-sonnet-4-6": LlmPrice.model_construct(input_per_mtok=3.0, output_per_mtok=15.0,
+                                                  cache_read_per_mtok=0.30, cache_write_per_mtok=3.75),
+    "claude-haiku-4-5": LlmPrice.model_construct(input_per_mtok=1.0, output_per_mtok=5.0,
+                                                 cache_read_per_mtok=0.10, cache_write_per_mtok=1.25),
 }
 
 
@@ -260,7 +263,7 @@ class LlmSection(Model):
     max_tokens: int = Field(4096, ge=256, le=32768)   # per reply, thinking included
     effort: Literal["low", "medium", "high", "model"] = "medium"  # "model": send none, the model's default
     ask_interval: Duration = 60.0
-    budget: LlmBudget = LlmBudget()
+    budget: LlmBudget = LlmBudget.model_construct()
     prices: dict[str, LlmPrice] = Field(default_factory=dict)
 
     @property
@@ -286,18 +289,18 @@ class LlmSection(Model):
 class ConfigFile(Model):
     """The shape of config.toml; every section is optional."""
 
-    agent: AgentSection = AgentSection()
-    pulse: PulseSection = PulseSection()
-    events: EventsSection = EventsSection()
-    notify: NotifySection = NotifySection()
-    http: HttpSection = HttpSection()
-    apps: AppsSection = AppsSection()
-    log: LogSection = LogSection()
-    paths: PathsSection = PathsSection()
-    llm: LlmSection = LlmSection()
+    agent: AgentSection = AgentSection.model_construct()
+    pulse: PulseSection = PulseSection.model_construct()
+    events: EventsSection = EventsSection.model_construct()
+    notify: NotifySection = NotifySection.model_construct()
+    http: HttpSection = HttpSection.model_construct()
+    apps: AppsSection = AppsSection.model_construct()
+    log: LogSection = LogSection.model_construct()
+    paths: PathsSection = PathsSection.model_construct()
+    llm: LlmSection = LlmSection.model_construct()
     owners: list[OwnerSection] = Field(default_factory=list)
-    slack: SlackSection = SlackSection()
-    email: EmailSection = EmailSection()
+    slack: SlackSection = SlackSection.model_construct()
+    email: EmailSection = EmailSection.model_construct()
 
     @field_validator("owners")
     @classmethod

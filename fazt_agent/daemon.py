@@ -136,8 +136,9 @@ class Daemon:
         if server is not None and server_task is not None:
             from .web.app import stop
 
-            await self._mcp.aclose()  # stops the MCP worker, so open streams do not hold the server
-            self._dashboard.close()   # ends the dashboard's live streams, for the same reason
+            if self._mcp is not None:   # the control plane was built (a request other than /healthz came)
+                await self._mcp.aclose()  # stops the MCP worker, so open streams do not hold the server
+                self._dashboard.close()   # ends the dashboard's live streams, for the same reason
             await stop(server, server_task)
         await self._apps.stop()
         await rt.events.emit("agent.stopped", AgentStopped(
@@ -290,16 +291,30 @@ class Daemon:
 
     async def _start_http(self, rt: Runtime) -> tuple[Any, asyncio.Task[None] | None]:
         """The control plane: /healthz, /metrics, /webhooks/alertmanager, signed links (/a/...) and
-        /approvals, the dashboard (/ and its pages), and /mcp (a worker process started at its first request)."""
+        /approvals, the dashboard (/ and its pages), and /mcp (a worker process started at its first request).
+
+        Only /healthz is built at start; the rest (`_control_plane`: the MCP bridge, metrics, the
+        webhook, approvals, the dashboard, ~3 MiB and ~35 ms) at the first request for anything else,
+        so a daemon that is only probed for health never holds it."""
         http = rt.config.file.http
         if not http.enabled:
             return None, None
+        from .web.app import deferred, start
+
+        server, task = await start(deferred(self.health, lambda: self._control_plane(rt)), http.host, http.port,
+                                   "[http] listen")
+        log.info("control plane on http://%s", http.listen)
+        return server, task
+
+    def _control_plane(self, rt: Runtime) -> Any:
+        """The control plane's app with every route (/healthz too), built at its first request other than /healthz."""
+        http = rt.config.file.http
         from .mcp.auth import TokenStore
         from .mcp.worker import McpWorker
-        from .web.app import create_app, start
+        from .web.app import create_app
         from .web.metrics import MetricsEndpoint
 
-        self._mcp = McpWorker(rt.config, http.listen, http.mcp_idle)
+        mcp = McpWorker(rt.config, http.listen, http.mcp_idle)
         metrics = MetricsEndpoint(rt, TokenStore(rt.store, rt.events, rt.clock))
         from .web.webhooks import AlertmanagerWebhook
 
@@ -309,10 +324,8 @@ class Daemon:
         approvals = Approvals(self.answers, TokenStore(rt.store, rt.events, rt.clock), rt.config)
         from .web.dashboard import Dashboard   # / and the dashboard's pages, behind the approvals page's login
 
-        self._dashboard = Dashboard(approvals, self.engine)
-        server, task = await start(create_app(self.health, mcp=self._mcp, metrics=metrics, alertmanager=alertmanager,
-                                              pages=approvals.routes(), dashboard=self._dashboard.routes(),
-                                              slack=self._slack.endpoint() if self._slack is not None else None),
-                                   http.host, http.port, "[http] listen")
-        log.info("control plane on http://%s", http.listen)
-        return server, task
+        dashboard = Dashboard(approvals, self.engine)
+        app = create_app(self.health, mcp=mcp, metrics=metrics, alertmanager=alertmanager, pages=approvals.routes(),
+                         dashboard=dashboard.routes(), slack=self._slack.endpoint() if self._slack is not None else None)
+        self._mcp, self._dashboard = mcp, dashboard
+        return app

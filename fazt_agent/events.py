@@ -35,7 +35,6 @@ import aiosqlite
 from pydantic import BaseModel, ValidationError
 
 from .clock import Clock, SystemClock, iso, parse_iso
-from .event_types import EVENT_TYPES
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -141,6 +140,9 @@ class _Validator:
     def __call__(self, type_: str, data: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
         found = self._models.get(type_)
         if found is None:
+            # the catalogue is imported by the first write, not with the log: reading events needs none of it
+            from .event_types import EVENT_TYPES
+
             model = EVENT_TYPES.get(type_)
             if model is None:
                 raise ValueError(f"unknown event type {type_!r}; register it in fazt_agent.event_types")

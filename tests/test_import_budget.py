@@ -22,6 +22,7 @@ import httpx
 
 from _mcp import destructive_junk, listen
 from conftest import Ops, base_env
+from fazt_agent.kernel import MODULES as ACTION_MODULE_OF
 from fazt_agent.pulse import KINDS
 
 # never needed to read the store or answer a halt
@@ -29,10 +30,22 @@ HEAVY = {"typer", "click", "rich", "shellingham", "anthropic", "mcp", "httpx", "
          "acme", "josepy", "uvicorn", "starlette", "apscheduler", "quickjs", "requests", "psutil"}
 # the shipped pulse/system.toml uses `system` and `disk`: the other kinds stay unimported
 UNUSED_KINDS = {f"fazt_agent.pulse.{kind}" for kind in set(KINDS) - {"system", "disk"}} | {"fazt_agent.pulse.http_client"}
+# the kernel's actions: imported when one is looked up (`kernel.ACTIONS[name]`), never to list the names
+ACTION_MODULES = {f"fazt_agent.kernel.{module}" for module in ACTION_MODULE_OF.values()}
+# the planner: halts and answers go through the executor alone (`_bodies.executor`)
+PLANNER = {"fazt_agent.engine", "fazt_agent.decide.rules"}
+# a command that only reads the store imports neither an action nor the event catalogue (the first write does)
+READS_NEVER = ACTION_MODULES | PLANNER | {"fazt_agent.event_types"}
 # what the daemon never holds while idle: the CLI's libraries, the LLM and MCP SDKs (imported at the
-# first decision or /mcp request), notification and ACME libraries, and check kinds it does not run
+# first decision or /mcp request), notification and ACME libraries, check kinds it does not run, and
+# the control plane beyond /healthz: starlette and what it loads, the pages, metrics, the webhook and
+# the MCP bridge are built at the first request for anything else (web/app.py `deferred`); no
+# websockets (no route takes one). apscheduler stays: it schedules the beats.
 DAEMON_NEVER = {"typer", "rich", "shellingham", "anthropic", "mcp", "httpx", "httpcore", "apprise", "cryptography",
-                "acme", "josepy", "quickjs", "requests"}
+                "acme", "josepy", "quickjs", "requests", "starlette", "anyio", "python_multipart",
+                "websockets", "jinja2"}
+CONTROL_PLANE = {"fazt_agent.mcp", "fazt_agent.web.metrics", "fazt_agent.web.webhooks", "fazt_agent.web.approvals",
+                 "fazt_agent.web.dashboard"}
 # a CLI process that writes the modules it imported to argv[1] at exit: as `python -m fazt_agent`, or
 # through the typer app (what `main()` does for anything the fast path leaves to typer). Not
 # `-X importtime`: it does not see modules imported with importlib.import_module (the check kinds).
@@ -41,6 +54,13 @@ _RECORD = ("import atexit, json, sys, runpy; out = sys.argv.pop(1); "
 FAST_PATH = _RECORD + "sys.argv[0] = 'fazt-agent'; runpy.run_module('fazt_agent', run_name='__main__')"
 TYPER_PATH = _RECORD + ("from fazt_agent.cli import app, hoist_config; "
                         "app(args=hoist_config(sys.argv[1:]), prog_name='fazt-agent')")
+# FAST_PATH that also writes the modules it holds to argv[1].N at its Nth SIGUSR1 (a running daemon's)
+SNAPSHOT_PATH = (_RECORD + "import signal\n"
+                 "def snapshot(signum, frame, taken=[0]):\n"
+                 "    taken[0] += 1\n"
+                 "    open(f'{out}.{taken[0]}', 'w').write(json.dumps(sorted(sys.modules)))\n"
+                 "signal.signal(signal.SIGUSR1, snapshot)\n"
+                 "sys.argv[0] = 'fazt-agent'; runpy.run_module('fazt_agent', run_name='__main__')")
 
 
 def imports(ops: Ops, *args: str, typer_path: bool = False) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -69,14 +89,20 @@ def test_the_frequent_commands_import_neither_typer_nor_rich_nor_unused_features
     root, files = destructive_junk(ops, tmp_path)
     assert ops.cli("beat").returncode in (0, 1)
     halt = ask(ops, root)
-    for args, expected in ((["status"], "health"), (["events", "list", "--limit", "50"], "halt.requested"),
-                           (["halts", "list"], f"{halt:>5} pending"), (["approve", str(halt)], f"halt {halt}: approve")):
+    # the kernel actions and event types each command needs: none to read, the approved plan's action to act
+    for args, expected, never, actions in (
+            (["status"], "health", READS_NEVER, set()),
+            (["events", "list", "--limit", "50"], "halt.requested", READS_NEVER, set()),
+            (["halts", "list"], f"{halt:>5} pending", ACTION_MODULES | PLANNER, set()),
+            (["approve", str(halt)], f"halt {halt}: approve", PLANNER, {"fazt_agent.kernel.cleanup"})):
         result, modules = imports(ops, *args)
         assert result.returncode == 0, (args, result.stderr)
         assert expected in result.stdout, (args, result.stdout)
         assert not packages(modules) & HEAVY, (args, sorted(packages(modules) & HEAVY))
         assert not modules & UNUSED_KINDS, (args, sorted(modules & UNUSED_KINDS))
         assert {"fazt_agent.pulse.system", "fazt_agent.pulse.disk"} <= modules, args   # the kinds in use
+        assert not modules & never, (args, sorted(modules & never))
+        assert modules & ACTION_MODULES == actions, (args, sorted(modules & ACTION_MODULES))
     assert not any(f.exists() for f in files)   # the approval ran the cleanup
 
 
@@ -152,16 +178,38 @@ def test_the_fast_path_knows_exactly_the_options_typer_declares() -> None:
     assert {p.name for p in callback.params} == {"config", "_version", "install_completion", "show_completion"}
 
 
+def _snapshot(daemon: subprocess.Popen[str], path: Path) -> set[str]:
+    """The modules the running daemon holds now (SNAPSHOT_PATH writes them at SIGUSR1)."""
+    daemon.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            return set(json.loads(path.read_text()))
+        except (OSError, ValueError):   # not written yet, or half written
+            time.sleep(0.05)
+    raise AssertionError(f"no module list at {path}")
+
+
+def _healthz(url: str) -> tuple[int, list[str], str, list[str]]:
+    """/healthz as its client sees it: status, header names (without date), content type, JSON keys."""
+    reply = httpx.get(url, timeout=5)
+    return (reply.status_code, sorted(k for k in reply.headers if k != "date"), reply.headers["content-type"],
+            sorted(reply.json()))
+
+
 def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> None:
+    """Idle (beats, /healthz polled), the daemon holds what a beat needs; the first request for anything
+    else builds the rest of the control plane, and /healthz answers alike before and after."""
     out = tmp_path / "daemon-modules.json"
-    daemon = subprocess.Popen([sys.executable, "-c", FAST_PATH, str(out), "--config", str(ops.config), "run"],
+    daemon = subprocess.Popen([sys.executable, "-c", SNAPSHOT_PATH, str(out), "--config", str(ops.config), "run"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=base_env())
+    healthz = f"http://{listen(ops)}/healthz"
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
             try:
-                health = httpx.get(f"http://{listen(ops)}/healthz", timeout=1).json()
+                health = httpx.get(healthz, timeout=1).json()
                 if health.get("last_beat"):
                     break
             except httpx.HTTPError:
@@ -169,16 +217,65 @@ def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> No
             time.sleep(0.1)
         else:
             raise AssertionError("no beat within 60 s")
+        before = _healthz(healthz)
+        assert httpx.head(healthz, timeout=5).status_code == 200
+        idle = _snapshot(daemon, Path(f"{out}.1"))
+        assert httpx.get(f"http://{listen(ops)}/metrics", timeout=5).status_code == 401   # no token: refused
+        after = _healthz(healthz)
+        served = _snapshot(daemon, Path(f"{out}.2"))
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=20)
     assert daemon.returncode == 0, err
-    modules = set(json.loads(out.read_text()))
-    assert not packages(modules) & DAEMON_NEVER, sorted(packages(modules) & DAEMON_NEVER)
-    assert not modules & UNUSED_KINDS, sorted(modules & UNUSED_KINDS)
-    assert not {m for m in modules if m.startswith("fazt_agent.cli.") and m not in
+    assert not packages(idle) & DAEMON_NEVER, sorted(packages(idle) & DAEMON_NEVER)
+    assert not idle & UNUSED_KINDS, sorted(idle & UNUSED_KINDS)
+    assert not {m for m in idle if m.startswith("fazt_agent.cli.") and m not in
                 ("fazt_agent.cli._fast", "fazt_agent.cli._bodies", "fazt_agent.cli._common")}
-    assert {"fazt_agent.pulse.system", "fazt_agent.pulse.disk", "psutil"} <= modules   # what its beat runs
+    assert not {m for m in idle if m.startswith(tuple(CONTROL_PLANE))}, sorted(m for m in idle if "web." in m)
+    assert not idle & ACTION_MODULES, sorted(idle & ACTION_MODULES)   # nothing was planned
+    assert {"fazt_agent.pulse.system", "fazt_agent.pulse.disk", "psutil"} <= idle   # what its beat runs
+    assert CONTROL_PLANE | {"starlette"} <= served | packages(served), sorted(CONTROL_PLANE - served)
+    assert before == after == (200, ["content-length", "content-type", "server"], "application/json",
+                               ["last_beat", "last_beat_age_s", "last_beat_status", "mcp_worker_pid", "status",
+                                "uptime_s", "version"])
+
+
+def test_importing_the_code_builds_no_model() -> None:
+    """Every model base defers its build: importing the daemon's and the commands' code (every check
+    kind and kernel action, the event catalogue) builds no pydantic validator; a command builds the
+    models it validates, when it validates them."""
+    code = ("import importlib, json, pydantic, fazt_agent.daemon, fazt_agent.engine, fazt_agent.definitions, "
+            "fazt_agent.event_types, fazt_agent.web.webhooks, fazt_agent.decide.investigate\n"
+            "from fazt_agent.kernel import ACTIONS\nfrom fazt_agent.pulse import CHECKS\n"
+            "kinds, actions = list(CHECKS.values()), list(ACTIONS.values())\n"
+            "def every(cls):\n"
+            "    for sub in cls.__subclasses__():\n"
+            "        yield sub\n"
+            "        yield from every(sub)\n"
+            "ours = {m for m in every(pydantic.BaseModel) if m.__module__.startswith('fazt_agent.')}\n"
+            "print(json.dumps([len(ours), sorted(f'{m.__module__}.{m.__qualname__}' for m in ours "
+            "if m.__pydantic_complete__)]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=base_env())
+    assert result.returncode == 0, result.stderr
+    count, built = json.loads(result.stdout)
+    assert count > 100 and built == [], built
+
+
+def test_the_kernel_lists_every_action_with_the_module_that_registers_it() -> None:
+    """`kernel.MODULES` is what the action modules register: a lookup imports the right module, and an
+    action added without its line there fails here."""
+    import importlib
+    import pkgutil
+
+    from fazt_agent import kernel
+    from fazt_agent.kernel import base
+
+    for module in pkgutil.iter_modules(kernel.__path__):
+        importlib.import_module(f"fazt_agent.kernel.{module.name}")
+    assert {name: cls.__module__ for name, cls in base.ACTIONS.items()} == \
+           {name: f"fazt_agent.kernel.{module}" for name, module in kernel.MODULES.items()}
+    assert list(kernel.ACTIONS) == list(kernel.MODULES) and kernel.ACTIONS["cleanup"] is base.ACTIONS["cleanup"]
+    assert "nope" not in kernel.ACTIONS and kernel.ACTIONS.get("nope") is None
 
 
 def test_each_check_table_is_validated_by_its_own_kind(ops: Ops) -> None:

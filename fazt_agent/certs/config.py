@@ -58,7 +58,8 @@ def _absolute_path(value: Path | None) -> Path | None:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: built when kernel/*.toml is first validated, not at import
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class AcmeKeys(_Model):

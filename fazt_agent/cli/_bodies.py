@@ -140,13 +140,23 @@ async def engine(needs_definitions: str | None, hint: str | None = None) -> Asyn
         yield Engine(rt)
 
 
+@asynccontextmanager
+async def executor(needs_definitions: str | None, hint: str | None = None) -> AsyncIterator[Any]:
+    """An Executor on an open Runtime, for what needs no planner (halts, answers): `Engine` builds one
+    the same way and adds the decisions, whose modules these commands need not import."""
+    from ..executor import Executor
+
+    async with runtime(needs_definitions=needs_definitions, hint=hint) as rt:
+        yield Executor(rt)
+
+
 def halts_list(all_: bool = False, as_json: bool = False, server: str | None = None) -> None:
     """Pending approval requests (or all with --all)."""
 
     async def body() -> list[Any]:
-        async with engine(needs_definitions=None) as e:
-            await e.executor.sweep_halts()
-            return await e.executor.halts.list(status=None if all_ else "pending")
+        async with executor(needs_definitions=None) as e:
+            await e.sweep_halts()
+            return await e.halts.list(status=None if all_ else "pending")
 
     if server is not None:
         from ..fleet import commands as remote
@@ -184,9 +194,9 @@ def answer(halt_id: int, option: str, note: str | None, as_json: bool, server: s
     acts = f"approving halt {halt_id}" if option == "approve" else None
 
     async def body() -> dict[str, Any]:
-        async with engine(acts, hint=f"to refuse the plan instead: fazt-agent deny {halt_id}") as e:
-            await e.executor.sweep_halts()
-            return await e.executor.answer(halt_id, option, by="cli", note=note)
+        async with executor(acts, hint=f"to refuse the plan instead: fazt-agent deny {halt_id}") as e:
+            await e.sweep_halts()
+            return await e.answer(halt_id, option, by="cli", note=note)
 
     try:
         if server is not None:  # answered on that agent (`fazt_halt_answer`, the token's scope applies)

@@ -41,7 +41,8 @@ class InvestigationError(FaztAgentError):
 
 
 class Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a tool's schema is built when the LLM is first offered it, not at import
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 @dataclass(frozen=True)

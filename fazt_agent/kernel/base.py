@@ -87,7 +87,8 @@ class ActionContext:
 class ActionArgs(BaseModel):
     """Base of every action's argument schema: unknown arguments are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: an action's schema is built when its arguments are first validated, not at import
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Action:

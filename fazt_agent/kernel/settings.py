@@ -33,7 +33,8 @@ MAX_TIMEOUT = 3600.0  # the `timeout` ceiling of the service.restart and command
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: built when kernel/*.toml is first validated (the defaults are made unvalidated)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 def _argv_list(value: Any) -> Any:
@@ -228,10 +229,10 @@ class KernelFile(Model):
 class KernelSettings:
     """The merged settings of every kernel/*.toml file."""
 
-    cleanup: CleanupSettings = CleanupSettings()
-    service: ServiceSettings = ServiceSettings()
+    cleanup: CleanupSettings = CleanupSettings.model_construct()   # defaults, unvalidated (defer_build)
+    service: ServiceSettings = ServiceSettings.model_construct()
     commands: tuple[CommandSpec, ...] = ()
-    certs: CertsSettings = CertsSettings()
+    certs: CertsSettings = CertsSettings.model_construct()
     certificates: tuple[Certificate, ...] = ()
     files: tuple[Path, ...] = ()
 

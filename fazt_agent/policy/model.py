@@ -34,7 +34,8 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: built when policies/*.toml is first validated (the defaults are made unvalidated)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Match(_Model):
@@ -55,10 +56,10 @@ class Verdicts(_Model):
 class Rule(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     description: str = ""
-    match: Match = Match()
+    match: Match = Match.model_construct()   # a default unvalidated: no validator built at import
     action: str
     args: dict[str, Any] = Field(default_factory=dict)
-    verdicts: Verdicts = Verdicts()
+    verdicts: Verdicts = Verdicts.model_construct()
     cooldown: Duration | None = None
     max_actions: int | None = Field(default=None, ge=0)
     window: Duration | None = None
@@ -199,9 +200,9 @@ class Policy:
     """The effective policy: every file's rules in load order, merged constraints."""
 
     rules: tuple[Rule, ...] = ()
-    constraints: Constraints = Constraints()
-    schedule: Schedule = Schedule()
-    defaults: Defaults = Defaults()
+    constraints: Constraints = Constraints.model_construct()   # defaults, unvalidated (defer_build)
+    schedule: Schedule = Schedule.model_construct()
+    defaults: Defaults = Defaults.model_construct()
     version: str = "none"
     files: tuple[str, ...] = field(default_factory=tuple)
 
@@ -260,7 +261,7 @@ def load_policy(folder: Path, known_actions: set[str],
         rules=tuple(rules),
         constraints=Constraints(cleanup_roots=sorted(set(roots)), service_units=sorted(set(units)),
                                 domains=sorted(set(domains))),
-        schedule=schedule or Schedule(), defaults=defaults or Defaults(),
+        schedule=schedule or Schedule.model_construct(), defaults=defaults or Defaults.model_construct(),
         version=policy_version(folder, files), files=tuple(str(p) for p in files))
     return policy, issues
 

@@ -56,7 +56,8 @@ class CheckConfig(BaseModel):
     a row; `flap_count = 0` turns it off.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a kind's validator is built when a table of that kind is first validated
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str = Field(pattern=NAME_PATTERN)
     interval: Duration | None = None   # default: [pulse] interval

@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 from ..clock import iso, parse_iso
-from ..event_types import Problem, PulseBeat
 from ..events import EventLog, NewEvent
 from ..store import Store
 from .base import OVERLOADED, CheckResult
@@ -178,6 +177,8 @@ SELECT r.* FROM pairs CROSS JOIN results AS r
 
 def beat_event(beat: BeatResult, beat_id: int) -> NewEvent:
     """The `pulse.beat` event of a stored beat: its status, counts per status and problems."""
+    from ..event_types import Problem, PulseBeat   # not at import: commands that only read beats skip the catalogue
+
     counts: dict[str, int] = {}
     for r in beat.results:
         counts[r.status] = counts.get(r.status, 0) + 1

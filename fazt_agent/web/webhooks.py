@@ -49,7 +49,8 @@ SCOPE_NEEDED = "operate"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")   # Alertmanager may add fields; unknown ones are ignored
+    # unknown fields ignored: Alertmanager may add some; defer_build: built at the first webhook, not at start
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
 
 class Alert(_Model):
