@@ -10,13 +10,23 @@ transaction). The bare server is this script run as `--bare-server PORT`: `MCPSe
 that returns "ok", served by the SDK's own `streamable_http_app` under uvicorn, no token. Warm-up
 calls first; then `--calls` sequential calls each: p50, p99, mean and calls per second, and the
 ratio fazt / bare; the same tool on a standalone `fazt-agent mcp serve --http` (the worker's own
-server without the daemon's hop in front) shows what that hop costs. The daemon serves /mcp through a worker process that starts at the first
-request and stops when idle (`[http] mcp_idle`, 5 s here): also reported are the time of the first
-call (worker start, session, call), the daemon's and the worker's RSS after the calls, and the
-daemon's RSS before /mcp was used and after the worker stopped. No target: exit 0 when every call
-succeeded, 1 otherwise, 2 for bad arguments.
+server without the daemon's hop in front) shows what that hop costs.
 
-    python bench/mcp_latency.py [--calls 500] [--warmup 50] [--mode legacy|auto] [--json]
+The three servers are measured in one event loop, interleaved: `--rounds` rounds, each making
+calls/rounds calls on every server in turn (the order rotating), so a machine whose load changes
+during the run (other processes on shared cores) weighs on all three alike and their ratio holds.
+Beside the wall-clock figures, the CPU time each call costs (user + system) is reported per
+process: the client (this script), the daemon and its worker, the bare server, the standalone
+one. Calls are sequential, so on a busy machine the calls per second follow the CPU a call costs
+across the processes it crosses; the CPU ratio is the steadier figure of the two.
+
+The daemon serves /mcp through a worker process that starts at the first request and stops when
+idle (`[http] mcp_idle`, 5 s here): also reported are the time of the first call (worker start,
+session, call), the daemon's and the worker's RSS after the calls, and the daemon's RSS before /mcp
+was used and after the worker stopped. No target: exit 0 when every call succeeded, 1 otherwise,
+2 for bad arguments.
+
+    python bench/mcp_latency.py [--calls 500] [--warmup 50] [--rounds 10] [--mode legacy|auto] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -67,27 +78,60 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> N
     raise RuntimeError(f"{url} did not answer within {timeout:g}s")
 
 
-async def measure(url: str, token: str | None, tool: str, calls: int, warmup: int, mode: str) -> dict[str, Any]:
+async def measure(servers: dict[str, tuple[str, str | None, str, list[int]]], calls: int, warmup: int, rounds: int,
+                  mode: str) -> dict[str, dict[str, Any]]:
+    """Each server's calls, interleaved: `servers` maps a name to (url, token, tool, the pids of the
+    processes serving it). Per server: p50, p99, mean, calls per second over its own calls, and the
+    CPU milliseconds per call of the client and of each serving process."""
     import httpx2
+    import psutil
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    failed = 0
-    times: list[float] = []
-    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+    def cpu(proc: psutil.Process) -> float:
+        t = proc.cpu_times()
+        return t.user + t.system
+
+    per_round = max(1, calls // rounds)
+    results: dict[str, dict[str, Any]] = {}
+    async with AsyncExitStack() as stack:
+        clients = {}
+        for name, (url, token, tool, pids) in servers.items():
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=30))
+            clients[name] = await stack.enter_async_context(
+                Client(streamable_http_client(url, http_client=http), mode=mode))
             for _ in range(warmup):
-                await client.call_tool(tool, {})
-            t_all = time.perf_counter()
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                result = await client.call_tool(tool, {})
-                times.append((time.perf_counter() - t0) * 1000)
-                failed += bool(result.is_error)
-            wall = time.perf_counter() - t_all
-    return {"tool": tool, "calls": calls, "failed": failed, "p50_ms": percentile(times, 50),
-            "p99_ms": percentile(times, 99), "mean_ms": sum(times) / len(times), "calls_per_s": calls / wall}
+                await clients[name].call_tool(tool, {})
+            results[name] = {"times": [], "wall": 0.0, "failed": 0, "client_cpu": 0.0, "server_cpu": [0.0] * len(pids),
+                             "procs": [psutil.Process(pid) for pid in pids]}
+        names = list(servers)
+        for n in range(rounds):
+            for name in names[n % len(names):] + names[:n % len(names)]:
+                tool, r, client = servers[name][2], results[name], clients[name]
+                before = [cpu(proc) for proc in r["procs"]]
+                c0, t_all = time.process_time(), time.perf_counter()
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    result = await client.call_tool(tool, {})
+                    r["times"].append((time.perf_counter() - t0) * 1000)
+                    r["failed"] += bool(result.is_error)
+                r["wall"] += time.perf_counter() - t_all
+                r["client_cpu"] += time.process_time() - c0
+                r["server_cpu"] = [s + cpu(proc) - b for s, proc, b in zip(r["server_cpu"], r["procs"], before)]
+    out = {}
+    for name, r in results.items():
+        times, done = r["times"], len(r["times"])
+        out[name] = {"tool": servers[name][2], "calls": done, "failed": r["failed"], "p50_ms": percentile(times, 50),
+                     "p99_ms": percentile(times, 99), "mean_ms": sum(times) / done, "calls_per_s": done / r["wall"],
+                     "cpu_ms_per_call": {"client": r["client_cpu"] * 1000 / done,
+                                         "servers": [c * 1000 / done for c in r["server_cpu"]]}}
+    return out
+
+
+def cpu_total(r: dict[str, Any]) -> float:
+    """CPU milliseconds one call costs across the client and every serving process."""
+    return r["cpu_ms_per_call"]["client"] + sum(r["cpu_ms_per_call"]["servers"])
 
 
 def rss_mb(pid: int) -> float:
@@ -115,7 +159,7 @@ async def first_call(url: str, token: str) -> float:
             return (time.perf_counter() - t0) * 1000
 
 
-def run(calls: int, warmup: int, mode: str) -> dict[str, Any]:
+def run(calls: int, warmup: int, rounds: int, mode: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fazt-bench-mcp-") as tmp:
         ops = make_ops(Path(tmp), pulse_interval="60s")
         config = tomllib.loads(ops.config.read_text())
@@ -140,7 +184,15 @@ def run(calls: int, warmup: int, mode: str) -> dict[str, Any]:
                                    text=True, check=True, env=clean_env()).stdout.strip()
             url = f"http://127.0.0.1:{ops.port}/mcp"
             cold = asyncio.run(first_call(url, token))
-            fazt = asyncio.run(measure(url, token, "fazt_pulse_status", calls, warmup, mode))
+            pid = worker_pid(ops.port)
+            if pid is None:
+                raise RuntimeError("the daemon's MCP worker is not running after the first call")
+            measured = asyncio.run(measure({
+                "fazt": (url, token, "fazt_pulse_status", [daemon.pid, pid]),
+                "bare": (f"http://127.0.0.1:{bare_port}/mcp", None, "ping", [bare.pid]),
+                "standalone": (f"http://127.0.0.1:{direct_port}/mcp", token, "fazt_pulse_status", [direct.pid]),
+            }, calls, warmup, rounds, mode))
+            fazt, base, standalone = measured["fazt"], measured["bare"], measured["standalone"]
             after = rss_mb(daemon.pid)
             pid = worker_pid(ops.port)
             worker = rss_mb(pid) if pid else float("nan")
@@ -148,17 +200,16 @@ def run(calls: int, warmup: int, mode: str) -> dict[str, Any]:
             while worker_pid(ops.port) is not None and time.monotonic() < deadline:
                 time.sleep(0.2)
             stopped = rss_mb(daemon.pid)
-            base = asyncio.run(measure(f"http://127.0.0.1:{bare_port}/mcp", None, "ping", calls, warmup, mode))
-            standalone = asyncio.run(measure(f"http://127.0.0.1:{direct_port}/mcp", token, "fazt_pulse_status",
-                                             calls, warmup, mode))
         finally:
             for proc in (daemon, bare, direct):
                 proc.terminate()
                 proc.wait(10)
-    return {"mode": mode, "fazt": fazt, "bare": base, "standalone": standalone,
+    return {"mode": mode, "rounds": rounds, "fazt": fazt, "bare": base, "standalone": standalone,
             "worker_hop_p50_ms": fazt["p50_ms"] - standalone["p50_ms"],
             "ratio_p50": fazt["p50_ms"] / base["p50_ms"], "ratio_p99": fazt["p99_ms"] / base["p99_ms"],
             "ratio_calls_per_s": fazt["calls_per_s"] / base["calls_per_s"],
+            "ratio_cpu": cpu_total(base) / cpu_total(fazt),
+            "ratio_cpu_standalone": cpu_total(base) / cpu_total(standalone),
             "first_call_ms": cold,
             "rss_mb": {"daemon_before_first_mcp_call": before, "daemon_after_calls": after,
                        "worker_after_calls": worker, "daemon_after_worker_stopped": stopped},
@@ -169,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="MCP tool-call latency: fazt_pulse_status vs a bare SDK server.")
     parser.add_argument("--calls", type=int, default=500, help="measured calls per server")
     parser.add_argument("--warmup", type=int, default=50, help="calls before measuring")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds the calls of each server are interleaved in")
     parser.add_argument("--mode", choices=["legacy", "auto"], default="legacy",
                         help="legacy: 2025-11-25 sessions (Claude Code, TypeScript SDK); auto: 2026-07-28")
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -177,13 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.bare_server:
         bare_server(args.bare_server)
         return 0
-    if args.calls < 10 or args.warmup < 0:
-        parser.error("--calls must be at least 10 and --warmup not negative")
-    report = run(args.calls, args.warmup, args.mode)
+    if args.calls < 10 or args.warmup < 0 or not 1 <= args.rounds <= args.calls:
+        parser.error("--calls must be at least 10, --warmup not negative, --rounds from 1 to --calls")
+    report = run(args.calls, args.warmup, args.rounds, args.mode)
     if args.json:
         print_json(report)
     else:
-        print(f"MCP over streamable HTTP ({report['mode']} protocol), {args.calls} sequential calls each:")
+        print(f"MCP over streamable HTTP ({report['mode']} protocol), {report['fazt']['calls']} sequential calls "
+              f"each, interleaved in {report['rounds']} rounds:")
         rows = (("fazt_pulse_status on /mcp", report["fazt"]), ("bare SDK server, trivial tool", report["bare"]),
                 ("same, mcp serve --http", report["standalone"]))
         for label, r in rows:
@@ -191,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['calls_per_s']:7.1f} calls/s  ({r['failed']} failed)")
         print(f"  ratio fazt/bare: p50 {report['ratio_p50']:.2f}x, p99 {report['ratio_p99']:.2f}x, "
               f"throughput {report['ratio_calls_per_s']:.2f}x")
+        cpu = {name: report[name]["cpu_ms_per_call"] for name in ("fazt", "bare", "standalone")}
+        print(f"  CPU per call: fazt {cpu_total(report['fazt']):.2f} ms (client {cpu['fazt']['client']:.2f}, "
+              f"daemon {cpu['fazt']['servers'][0]:.2f}, worker {cpu['fazt']['servers'][1]:.2f}), "
+              f"bare {cpu_total(report['bare']):.2f} ms (client {cpu['bare']['client']:.2f}, "
+              f"server {cpu['bare']['servers'][0]:.2f}), mcp serve --http {cpu_total(report['standalone']):.2f} ms "
+              f"(client {cpu['standalone']['client']:.2f}, server {cpu['standalone']['servers'][0]:.2f})")
+        print(f"  ratio bare/fazt of CPU per call: {report['ratio_cpu']:.2f} "
+              f"(mcp serve --http: {report['ratio_cpu_standalone']:.2f})")
         rss = report["rss_mb"]
         print(f"  the daemon's hop to its worker: p50 +{report['worker_hop_p50_ms']:.2f} ms "
               "(fazt_pulse_status on /mcp minus on `mcp serve --http`)")

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from _mcp import create_token, events, http_client, listen, mcp_url, start_daemon, stop_process, wait_until
 from conftest import Ops, base_env
+from fazt_agent.mcp.bridge import request_frame
 
 
 @pytest.fixture
@@ -150,6 +150,40 @@ def test_many_open_streams_do_not_starve_other_requests(ops: Ops, daemon: Any) -
                 stream.__exit__(None, None, None)
 
 
+def test_a_client_that_leaves_mid_stream_frees_its_connection_to_the_worker(ops: Ops) -> None:
+    """The daemon watches a response's client once the response has run a while (`bridge.WATCH_AFTER`):
+    a client gone from an open stream still closes the stream's connection, and so ends it in the worker."""
+    ops.set_config("http", "mcp_idle", "60s")   # the worker stays for the whole test
+    proc = start_daemon(ops)
+    try:
+        token = create_token(ops, "laptop", "read")
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                   "Authorization": f"Bearer {token}"}
+        init = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+        with httpx.Client(timeout=20) as client:
+            session = client.post(mcp_url(ops), headers=headers, content=init).headers["mcp-session-id"]
+            pid = worker_pid(ops)
+            assert pid is not None
+            with client.stream("GET", mcp_url(ops), headers={
+                    **headers, "Accept": "text/event-stream", "Mcp-Session-Id": session,
+                    "Mcp-Protocol-Version": "2025-11-25"}) as response:
+                assert response.status_code == 200
+                open_streams = worker_connections(pid)   # the stream holds one (the daemon keeps no other idle)
+                assert open_streams == 1
+            wait_until("the worker to see the client leave", lambda: worker_connections(pid) == 0, timeout=10)
+            assert client.post(mcp_url(ops), headers=headers, content=init).status_code == 200   # still serving
+    finally:
+        code, _, err = stop_process(proc)
+    assert code == 0, err
+
+
+def worker_connections(pid: int) -> int:
+    """The worker's connections from the daemon: one per request or stream in flight, or kept idle by the
+    daemon (its socket's name is theirs too; the listening socket is not counted)."""
+    return sum(c.laddr.startswith("@fazt-mcp-") for c in psutil.Process(pid).net_connections(kind="unix")) - 1
+
+
 def test_a_worker_never_serves_another_data_dir_than_the_daemons(ops: Ops, daemon: Any, tmp_path: Path) -> None:
     token = create_token(ops, "laptop", "read")
     ops.set_config("agent", "data_dir", str(tmp_path / "elsewhere"))   # edited after the daemon started
@@ -181,11 +215,10 @@ async def test_the_worker_answers_the_daemon_alone_on_an_abstract_socket_and_no_
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:   # any process but the daemon ...
         other.settimeout(10)
         other.connect("\0" + name[1:])
-        meta = json.dumps({"method": "POST", "path": "/mcp", "raw_path": "/mcp", "query": "", "client": None,
-                           "server": None, "headers": [["authorization", f"Bearer {token}"]]}).encode()
-        request = struct.pack(">I", len(meta)) + meta + b"{}"
+        request = request_frame({"method": "POST", "path": "/mcp"}, [(b"authorization", f"Bearer {token}".encode())],
+                                b"{}")   # a well-formed request, as the daemon would send it
         try:
-            other.sendall(struct.pack(">cI", b"Q", len(request)) + request)
+            other.sendall(request)
             answer = other.recv(100)
         except (BrokenPipeError, ConnectionResetError):   # hung up on before the request was all sent
             answer = b""

@@ -79,8 +79,10 @@ class McpWorker:
             return
         self._active += 1
         try:
+            upstream, proc = self._upstream, self._proc
             try:
-                upstream = await self._ensure()
+                if upstream is None or proc is None or proc.returncode is not None:   # the lock only to (re)start
+                    upstream = await self._ensure()
             except FaztAgentError as e:
                 await JSONResponse({"error": str(e)}, status_code=503)(scope, receive, send)
                 return
@@ -164,12 +166,12 @@ class McpWorker:
             if len(body) > MAX_BODY or not message.get("more_body"):
                 break
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _REQUEST_DROP]
-        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"content-length", b"%d" % len(body)))
 
         async def refuse(message: str) -> None:
             await JSONResponse({"error": message}, status_code=502)(scope, receive, send)
 
-        await upstream.forward({**scope, "headers": headers}, bytes(body), receive, send, refuse)
+        await upstream.forward(scope, headers, bytes(body), receive, send, refuse)
 
 
 async def _end(proc: asyncio.subprocess.Process) -> None:
