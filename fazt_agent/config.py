@@ -15,15 +15,14 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ._autonomy import LEVELS, Autonomy
+from ._config_paths import DEFINITION_FOLDERS, find_config, resolve_paths
+from ._config_paths import SYSTEM_CONFIG, default_data_dir, shipped_defaults  # noqa: F401  (the names callers import)
 from ._toml import expand_env, load_model, read_toml
 from .errors import ConfigError, Issue
 from .units import Duration, Size
 
-Autonomy = Literal["low", "medium", "high"]
-LEVELS: tuple[Autonomy, ...] = ("low", "medium", "high")
 Personality = Literal["helpful", "terse", "cautious"]
-DEFINITION_FOLDERS = ("policies", "prompts", "pulse", "kernel")
-SYSTEM_CONFIG = Path("/etc/fazt-agent/config.toml")
 
 
 class Model(BaseModel):
@@ -356,42 +355,6 @@ class Config:
         return found
 
 
-def shipped_defaults() -> Path:
-    """The folder holding the shipped policies/ prompts/ pulse/ kernel/."""
-    packaged = Path(__file__).parent / "defaults"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent  # an editable install or a checkout
-
-
-def find_config(explicit: Path | None, env: Mapping[str, str], cwd: Path) -> Path | None:
-    """The config file to use, by the documented search order; None means embedded defaults.
-
-    Raises:
-        ConfigError: an explicitly named file (flag or variable) does not exist.
-    """
-    if explicit is not None:
-        if not explicit.is_file():
-            raise ConfigError([Issue(str(explicit), "", "config file not found (given with --config)")])
-        return explicit
-    named = env.get("FAZT_AGENT_CONFIG")
-    if named:
-        if not Path(named).is_file():
-            raise ConfigError([Issue(named, "", "config file not found (given in $FAZT_AGENT_CONFIG)")])
-        return Path(named)
-    for candidate in (cwd / "config.toml", SYSTEM_CONFIG):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def default_data_dir(env: Mapping[str, str]) -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/fazt-agent")
-    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "fazt-agent"
-
-
 def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = None,
                 cwd: Path | None = None) -> Config:
     """Find and load the configuration.
@@ -415,31 +378,12 @@ def load_config(explicit: Path | None = None, env: Mapping[str, str] | None = No
 
 
 def _resolve(parsed: ConfigFile, path: Path | None, env: Mapping[str, str], secrets: tuple[str, ...]) -> Config:
-    base = path.parent if path else None
-    if parsed.agent.data_dir is None:
-        data_dir = (base / "data") if base else default_data_dir(env)
-    else:
-        data_dir = parsed.agent.data_dir.expanduser()
-        if not data_dir.is_absolute():
-            data_dir = (base or Path.cwd()) / data_dir
-    folders: dict[str, Path] = {}
-    shipped: set[str] = set()
-    for name in DEFINITION_FOLDERS:
-        configured: Path | None = getattr(parsed.paths, name)
-        if configured is not None:
-            folder = configured.expanduser()
-            if not folder.is_absolute():
-                folder = (base or Path.cwd()) / folder
-        elif base is not None and (base / name).is_dir():
-            folder = base / name
-        else:
-            folder = shipped_defaults() / name
-            shipped.add(name)
-        folders[name] = folder
+    paths = {name: getattr(parsed.paths, name) for name in DEFINITION_FOLDERS}
+    data_dir, folders, shipped = resolve_paths(path, parsed.agent.data_dir, paths, env)   # as the CLI's light path
     notify_secrets = tuple(u for u in parsed.notify.urls if u)
     llm_key = env.get(parsed.llm.api_key_env) or None
     llm_base_url = parsed.llm.base_url or env.get("ANTHROPIC_BASE_URL") or None
-    return Config(parsed, path, data_dir, folders, frozenset(shipped),
+    return Config(parsed, path, data_dir, folders, shipped,
                   secrets + notify_secrets + ((llm_key,) if llm_key else ()), llm_key, llm_base_url)
 
 

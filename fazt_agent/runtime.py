@@ -6,81 +6,22 @@ command works the same whether or not the daemon is running.
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+# the override's form and the level in force: in `_autonomy` (no pydantic; the CLI's light path reads them too)
+from ._autonomy import AUTONOMY_KEY, PAUSED_BY_SQL, PAUSED_KEY, AutonomyState, Override, in_force  # noqa: F401
 from .clock import Clock, SystemClock
-from .config import LEVELS, Autonomy, Config, read_autonomy
+from .config import Autonomy, Config, read_autonomy
 from .definitions import Definitions, DefinitionsBroken, read_definitions
 from .errors import ConfigError, Issue
 from .events import EventLog
 from .pulse.beats import BeatStore
 from .pulse.collector import Pulse
 from .store import Store
-
-AUTONOMY_KEY = "agent.autonomy"
-PAUSED_KEY = "agent.paused"   # "1" while paused; who paused and when is the last `agent.paused` event
-
-
-@dataclass(frozen=True)
-class Override:
-    """An autonomy level set at run time (`fazt-agent autonomy`, MCP), kept in the settings table.
-
-    It holds while the config file still says what it said when the override was set: an edit of
-    `[agent] autonomy` there wins (the daemon then clears the override and records it).
-    """
-
-    level: Autonomy
-    by: str | None = None
-    at: str | None = None
-    config: Autonomy | None = None   # the file's level then; None for one stored by an older version
-
-    def to_setting(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def parse(cls, text: str | None) -> Override | None:
-        """The stored override, or None (none stored, or unreadable)."""
-        if text is None:
-            return None
-        if text in LEVELS:   # an older version stored the bare level
-            return cls(text)  # type: ignore[arg-type]
-        try:
-            data = json.loads(text)
-            override = cls(**data)
-        except (ValueError, TypeError):
-            return None
-        return override if override.level in LEVELS and override.config in (None, *LEVELS) else None
-
-
-@dataclass(frozen=True)
-class AutonomyState:
-    """The autonomy level in force, where it comes from, and what the config file says."""
-
-    level: Autonomy
-    source: Literal["config", "override"]
-    config: Autonomy                 # what the config file says now (the default without a file)
-    file: str | None                 # the config file
-    by: str | None = None            # who set the override in force
-    at: str | None = None            # and when
-    problem: str | None = None       # the file's [agent] autonomy cannot be read now: its last good value counts
-
-    @property
-    def summary(self) -> str:
-        """`high (set by cli at ..., overrides config.toml's low)` or `low (from config.toml)`."""
-        name = Path(self.file).name if self.file else None
-        if self.source == "override":
-            who = f"set by {self.by or 'an owner command'}" + (f" at {self.at}" if self.at else "")
-            theirs = f"{name}'s {self.config}" if name else f"the default {self.config}"
-            return f"{self.level} ({who}, overrides {theirs})"
-        return f"{self.level} (from {name})" if name else f"{self.level} (the default: no config file)"
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "summary": self.summary}
 
 
 def autonomy_state(config: Config, override: Override | None) -> AutonomyState:
@@ -89,10 +30,7 @@ def autonomy_state(config: Config, override: Override | None) -> AutonomyState:
     if config.source is not None:
         read = read_autonomy(config.source)
         level, problem = read.level or level, read.problem
-    file = str(config.source) if config.source else None
-    if override is not None and override.config in (None, level):
-        return AutonomyState(override.level, "override", level, file, override.by, override.at, problem)
-    return AutonomyState(level, "config", level, file, problem=problem)
+    return in_force(level, str(config.source) if config.source else None, override, problem)
 
 
 def stored_override(db_path: Path) -> Override | None:
@@ -181,9 +119,7 @@ class Runtime:
         None once retention has removed it)."""
         if await self.store.get_setting(PAUSED_KEY) != "1":
             return {"paused": False, "paused_by": None, "paused_at": None}
-        row = await self.store.fetchone(
-            "SELECT ts, json_extract(data, '$.by') AS by FROM events WHERE type = 'agent.paused'"
-            " ORDER BY id DESC LIMIT 1")
+        row = await self.store.fetchone(PAUSED_BY_SQL)
         return {"paused": True, "paused_by": row["by"] if row else None, "paused_at": row["ts"] if row else None}
 
     async def set_autonomy_override(self, override: Override | None) -> None:

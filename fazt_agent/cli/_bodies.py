@@ -44,6 +44,11 @@ def status(as_json: bool = False, server: str | None = None) -> None:
         data = remote.status(server)
     else:
         data = run(body)
+    print_status(data, as_json)
+
+
+def print_status(data: dict[str, Any], as_json: bool) -> None:
+    """The summary as `status` prints it (the light read path, `_light`, prints with this too)."""
     if as_json:
         print_json(data)
         return
@@ -107,12 +112,8 @@ def events_list(type_glob: str | None = None, since: str | None = None, limit: i
     if server is not None:
         from ..fleet import commands as remote
 
-        events = list(reversed(remote.events(server, type_glob, age, limit)))
-        if as_json:  # as locally, without the hash (an agent's MCP tools leave it out)
-            print_json([e.to_json() for e in events])
-            return
-        for e in events:
-            echo(event_line(e))
+        # as locally, without the hash in --json (an agent's MCP tools leave it out)
+        print_events(list(reversed(remote.events(server, type_glob, age, limit))), as_json)
         return
 
     async def body() -> list[Any]:
@@ -120,7 +121,11 @@ def events_list(type_glob: str | None = None, since: str | None = None, limit: i
             return await rt.events.list(type_glob=type_glob, since=(rt.clock.now() - age) if age else None,
                                         limit=limit)
 
-    events = list(reversed(run(body)))
+    print_events(list(reversed(run(body))), as_json)
+
+
+def print_events(events: list[Any], as_json: bool) -> None:
+    """Events, oldest first, as `events list` prints them (the light read path's too)."""
     if as_json:
         print_json([e.to_json() for e in events])
         return
@@ -164,6 +169,11 @@ def halts_list(all_: bool = False, as_json: bool = False, server: str | None = N
         halts = remote.halts(server, all_)
     else:
         halts = run(body)
+    print_halts(halts, all_, as_json)
+
+
+def print_halts(halts: list[Any], all_: bool, as_json: bool) -> None:
+    """Halts, newest first, as `halts list` prints them (the light read path's too)."""
     if as_json:
         print_json([h.to_json() for h in halts])
         return
