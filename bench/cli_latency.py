@@ -9,7 +9,8 @@ runs every command below once, as a process, in the same order, so a neighbour's
 alike; wall time from spawn to exit and the child's CPU time (user + system):
 
     python -c pass                                  the interpreter alone
-    python -c "import asyncio, sqlite3 + one pydantic model"   the floor of this design (below)
+    python -c "import asyncio, sqlite3 + one pydantic model"   the floor of the validated path (below)
+    python -c "import sqlite3, tomllib, json, hashlib"  the floor of the light read path (below)
     monit status                                    Debian's Monit, its daemon running on a unix
                                                     socket with a system and a filesystem check
     fazt-agent status
@@ -19,8 +20,13 @@ alike; wall time from spawn to exit and the child's CPU time (user + system):
                                                     files are refilled and `actions run cleanup`
                                                     asks; approving runs the cleanup
 
-The floor row is what any command that reads the config (pydantic) and the store (asyncio,
-aiosqlite) pays before its own code: it shows how much of a command's time is left to win.
+The first floor row is what a command that validates the config (pydantic) and opens the Runtime
+(asyncio, aiosqlite) pays before its own code: `approve` does (the answer, the plan's re-check and
+run, the events are the Runtime's, `Executor.answer`). The second is what `status`, `events list`
+and `halts list` pay on the light read path (`fazt_agent/cli/_light.py`: sqlite3, tomllib, json,
+and the snapshot the last validated command left, `fazt_agent/_snapshot.py`); `ask` below runs such
+a validated command before every round, so the reads are measured as an owner meets them between
+two edits (the first read after an edit of the config or a definition is validated, as before).
 
 Cold start, `--starts` (10) times each, alternating: `fazt-agent run` on the same ops folder
 from spawn to the first `GET /healthz` 200 (then SIGTERM and wait), beside Debian's
@@ -63,6 +69,7 @@ START_TARGET_MS = 200.0
 START_TIMEOUT = 30.0
 FLOOR = ("import asyncio, sqlite3\nfrom pydantic import BaseModel\n\n"
          "class Model(BaseModel):\n    x: int = 0\n")
+LIGHT_FLOOR = "import sqlite3, tomllib, json, hashlib"
 COMMANDS = ("status", "events list", "halts list", "approve")
 
 
@@ -219,6 +226,7 @@ def run(runs: int, starts: int, pending: int, agent_src: Path | None) -> dict[st
             argv = {
                 "python -c pass": [sys.executable, "-c", "pass"],
                 "floor: asyncio, sqlite3, pydantic": [sys.executable, "-c", FLOOR],
+                "floor: sqlite3, tomllib, json": [sys.executable, "-c", LIGHT_FLOOR],
                 "monit status": monit.status_argv,
                 "status": [*cli, "status"],
                 "events list": [*cli, "events", "list", "--limit", "50"],

@@ -36,6 +36,9 @@ ACTION_MODULES = {f"fazt_agent.kernel.{module}" for module in ACTION_MODULE_OF.v
 PLANNER = {"fazt_agent.engine", "fazt_agent.decide.rules"}
 # a command that only reads the store imports neither an action nor the event catalogue (the first write does)
 READS_NEVER = ACTION_MODULES | PLANNER | {"fazt_agent.event_types"}
+# ... and, once a validated command left its snapshot (`_snapshot`), none of the validation and async
+# machinery either: the light read path (`cli/_light.py`) is sqlite3, tomllib and json
+LIGHT_NEVER = {"pydantic", "pydantic_core", "annotated_types", "asyncio", "aiosqlite", "typer", "click", "rich"}
 # what the daemon never holds while idle: the CLI's libraries, the LLM and MCP SDKs (imported at the
 # first decision or /mcp request), notification and ACME libraries, check kinds it does not run, and
 # the control plane beyond /healthz: starlette and what it loads, the pages, metrics, the webhook and
@@ -88,21 +91,26 @@ def ask(ops: Ops, root: Path) -> int:
 def test_the_frequent_commands_import_neither_typer_nor_rich_nor_unused_features(ops: Ops, tmp_path: Path) -> None:
     root, files = destructive_junk(ops, tmp_path)
     assert ops.cli("beat").returncode in (0, 1)
-    halt = ask(ops, root)
-    # the kernel actions and event types each command needs: none to read, the approved plan's action to act
-    for args, expected, never, actions in (
-            (["status"], "health", READS_NEVER, set()),
-            (["events", "list", "--limit", "50"], "halt.requested", READS_NEVER, set()),
-            (["halts", "list"], f"{halt:>5} pending", ACTION_MODULES | PLANNER, set()),
-            (["approve", str(halt)], f"halt {halt}: approve", PLANNER, {"fazt_agent.kernel.cleanup"})):
+    halt = ask(ops, root)   # a validated command: it leaves the snapshot the reads below use
+    # the reads: no pydantic, asyncio, typer or rich, not a check kind nor an action (nothing validated)
+    for args, expected in ((["status"], "health"), (["status", "--json"], '"health"'),
+                           (["events", "list", "--limit", "50"], "halt.requested"),
+                           (["events", "list", "--type", "halt.*", "--json"], '"halt.requested"'),
+                           (["halts", "list"], f"{halt:>5} pending"), (["halts", "list", "--all", "--json"], '"pending"')):
         result, modules = imports(ops, *args)
         assert result.returncode == 0, (args, result.stderr)
         assert expected in result.stdout, (args, result.stdout)
-        assert not packages(modules) & HEAVY, (args, sorted(packages(modules) & HEAVY))
-        assert not modules & UNUSED_KINDS, (args, sorted(modules & UNUSED_KINDS))
-        assert {"fazt_agent.pulse.system", "fazt_agent.pulse.disk"} <= modules, args   # the kinds in use
-        assert not modules & never, (args, sorted(modules & never))
-        assert modules & ACTION_MODULES == actions, (args, sorted(modules & ACTION_MODULES))
+        assert not packages(modules) & (HEAVY | LIGHT_NEVER), (args, sorted(packages(modules) & (HEAVY | LIGHT_NEVER)))
+        assert not {m for m in modules if m.startswith(("fazt_agent.pulse", "fazt_agent.kernel"))}, args
+        assert not modules & READS_NEVER, (args, sorted(modules & READS_NEVER))
+    # approving validates and acts: the kinds in use and the plan's action, never typer, rich or the planner
+    result, modules = imports(ops, "approve", str(halt))
+    assert result.returncode == 0 and f"halt {halt}: approve" in result.stdout, result.stderr
+    assert not packages(modules) & HEAVY, sorted(packages(modules) & HEAVY)
+    assert not modules & UNUSED_KINDS, sorted(modules & UNUSED_KINDS)
+    assert {"fazt_agent.pulse.system", "fazt_agent.pulse.disk"} <= modules   # the kinds in use
+    assert not modules & PLANNER, sorted(modules & PLANNER)
+    assert modules & ACTION_MODULES == {"fazt_agent.kernel.cleanup"}, sorted(modules & ACTION_MODULES)
     assert not any(f.exists() for f in files)   # the approval ran the cleanup
 
 
@@ -118,10 +126,13 @@ def test_the_fast_path_prints_what_typer_prints(ops: Ops, tmp_path: Path) -> Non
              ["events", "list", "--type", "halt.*", "--since", "1h", "--json"], ["halts", "list", "--all"],
              ["halts", "list", "--json"], ["events", "list", "--since", "soon"], ["deny", "999"],
              ["approve", str(halt), "--note", "checked the plan"]]
+    light = (["status"], ["status", "--json"], ["events", "list", "--limit", "7"], ["halts", "list", "--all"],
+             ["halts", "list", "--json"])   # after a validated run (the previous case's): the light read path
     for args in cases:
         typer_result, typer_modules = imports(ops, *args, typer_path=True)
         fast_result, fast_modules = imports(ops, *args)
         assert "typer" in packages(typer_modules) and "typer" not in packages(fast_modules), args
+        assert (not packages(fast_modules) & LIGHT_NEVER) == (args in light), (args, packages(fast_modules) & LIGHT_NEVER)
         assert (fast_result.returncode, fast_result.stdout, fast_result.stderr) == \
                (typer_result.returncode, typer_result.stdout, typer_result.stderr), args
     assert "kind 'telepathy'" in fast_result.stderr and fast_result.returncode == 2   # approve refused

@@ -9,7 +9,6 @@ and rich is imported only when a table is printed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -156,6 +155,8 @@ def report_broken(e: Any) -> NoReturn:
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     """Run an async command body, turning our errors into one-line messages."""
+    import asyncio   # here: the light read path (`_light`) imports this module and never runs a loop
+
     from ..definitions import DefinitionsBroken
 
     try:
@@ -182,16 +183,31 @@ async def runtime(config: Any = None, *, needs_definitions: str | None = "this c
     from ..definitions import broken_summary
     from ..runtime import Runtime
 
-    rt = await Runtime.open(config or load(), lenient=True)
+    observed = None
+    if config is None:   # the inputs as the light read path sees them, before the validated load reads them
+        from .._snapshot import observe
+
+        observed = observe(state.config_path)
+        config = load()
+    rt = await Runtime.open(config, lenient=True)
     try:
+        if observed is not None:
+            from .._snapshot import remember
+
+            remember(observed, state.config_path, rt)
         if needs_definitions is not None:
             rt.require_definitions(needs_definitions, hint)
         elif rt.issues:
-            secho(f"warning: broken definitions: {broken_summary(rt.issues)} (a running daemon keeps its last "
-                  "good definitions; commands that act on them refuse until it is fixed)", err=True, fg="yellow")
+            warn_broken(broken_summary(rt.issues))
         yield rt
     finally:
         await rt.close()
+
+
+def warn_broken(summary: str) -> None:
+    """The warning of a command that works with the definitions that loaded (`summary`: what did not)."""
+    secho(f"warning: broken definitions: {summary} (a running daemon keeps its last good definitions; commands "
+          "that act on them refuse until it is fixed)", err=True, fg="yellow")
 
 
 def print_json(data: Any) -> None:

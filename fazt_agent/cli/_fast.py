@@ -10,6 +10,10 @@ values that need no conversion beyond digits, `--config` before the command. Any
 to `main()`, and typer parses it and prints its usual help or error. Both ways call the same
 bodies (`_bodies`) after the same global setup (`_app._global`). tests/test_import_budget.py checks
 that the options here are typer's (names, defaults, bounds), so the two cannot drift apart.
+
+The reads (`status`, `events list`, `halts list`, marked `light`) go one step further first:
+`_light` answers them with sqlite3, tomllib and json from the snapshot the last validated command
+left (no pydantic, asyncio or aiosqlite), or declines having printed nothing, and `_bodies` runs.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Param:
 class Command:
     body: str                      # the function of `_bodies` that runs it
     params: tuple[Param, ...] = ()
+    light: bool = False            # `_light` may answer it (reads the store only), before `_bodies`
 
 
 JSON = Param("as_json", bool, False, ("--json",))
@@ -50,12 +55,12 @@ SERVER = Param("server", str, None, ("--server",))   # another agent, through it
 COMMANDS: dict[tuple[str, ...], Command] = {
     ("run",): Command("run_daemon", (Param("log_format", str, None, ("--log-format",)),
                                      Param("log_level", str, None, ("--log-level",)))),
-    ("status",): Command("status", (JSON, SERVER)),
+    ("status",): Command("status", (JSON, SERVER), light=True),
     ("events", "list"): Command("events_list", (Param("type_glob", str, None, ("--type",)),
                                                 Param("since", str, None, ("--since",)),
                                                 Param("limit", int, 50, ("--limit",), min=1),
-                                                JSON, SERVER)),
-    ("halts", "list"): Command("halts_list", (Param("all_", bool, False, ("--all",)), JSON, SERVER)),
+                                                JSON, SERVER), light=True),
+    ("halts", "list"): Command("halts_list", (Param("all_", bool, False, ("--all",)), JSON, SERVER), light=True),
     ("approve",): Command("approve", (HALT_ID, NOTE, JSON, SERVER)),
     ("deny",): Command("deny", (HALT_ID, NOTE, JSON, SERVER)),
 }
@@ -69,21 +74,29 @@ def run_fast(argv: list[str]) -> None:
     parsed = parse(argv)
     if parsed is None:
         return
-    body, config, kwargs = parsed
-    from . import _bodies
-    from ._common import cli_logging, state
+    command, config, kwargs = parsed
+    from ._common import state
 
     state.config_path = config
-    cli_logging()
+    body = command.body
     try:
+        if command.light:   # status, events list, halts list: without pydantic or asyncio when it can
+            from . import _light
+
+            if _light.run(body, kwargs):
+                raise SystemExit(0)
+        from . import _bodies
+        from ._common import cli_logging
+
+        cli_logging()
         getattr(_bodies, body)(**kwargs)
     except KeyboardInterrupt:
         raise SystemExit(130) from None   # as typer: quietly, 128 + SIGINT
     raise SystemExit(0)   # an OSError (a closed pipe, a full disk) goes to main(), as from typer
 
 
-def parse(argv: list[str]) -> tuple[str, Path | None, dict[str, Any]] | None:
-    """(body, --config, keyword arguments), or None when typer must parse `argv`."""
+def parse(argv: list[str]) -> tuple[Command, Path | None, dict[str, Any]] | None:
+    """(command, --config, keyword arguments), or None when typer must parse `argv`."""
     if os.environ.get(COMPLETE_VAR):
         return None
     config, i = None, 0
@@ -103,7 +116,7 @@ def parse(argv: list[str]) -> tuple[str, Path | None, dict[str, Any]] | None:
         command = COMMANDS.get(tuple(argv[i:i + size]))
         if command is not None:
             kwargs = _parse_params(command.params, argv[i + size:])
-            return None if kwargs is None else (command.body, config, kwargs)
+            return None if kwargs is None else (command, config, kwargs)
     return None
 
 
