@@ -391,6 +391,8 @@ def test_an_approving_reply_runs_the_plan_once_and_the_thread_hears_who_answered
     assert "old-000.log" in body or "Plan:" in body
     assert "reply with one word on the first line: approve, deny" in body
     assert re.search(rf"approve: https://agent\.example\.net/a/{halt_id}\.approve\.\d+\.alice\.", body)
+    # one mail per owner, each its own SMTP session (bob's may arrive after alice's was read)
+    agent.outbox.wait("a mail to each owner", lambda ms: len(ms) >= 2)
     assert sorted(to for to, _ in agent.outbox.mails) == [["alice@owner.test"], ["bob@owner.test"]]
     assert agent.outbox.logins and all(login == ("agent", SMTP_PASSWORD) for login in agent.outbox.logins)
 
