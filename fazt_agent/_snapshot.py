@@ -32,7 +32,7 @@ from ._config_paths import DEFINITION_FOLDERS, find_config, resolve_paths, shipp
 from .errors import ConfigError
 
 FILE = "cli-snapshot.json"
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def remember(observed: Observed, explicit: Path | None, rt: Any) -> None:
     """Write the snapshot of an open Runtime's validated load, when the light reader found the same
     files (`observed`, taken before the load) and they did not change during it."""
     from .definitions import broken_summary
-    from .status import llm_unready
+    from .status import llm_parts
 
     config = rt.config
     if (config.source, config.data_dir, config.folders) != (observed.source, observed.data_dir, observed.folders):
@@ -179,4 +179,4 @@ def remember(observed: Observed, explicit: Path | None, rt: Any) -> None:
         "interval": config.file.pulse.interval, "checks": [c.name for c in rt.pulse.checks],
         "broken": broken_summary(rt.issues) if rt.issues else None, "warnings": [str(w) for w in config.warnings],
         "llm_key_env": config.file.llm.api_key_env, "llm_key_set": config.llm_key is not None,
-        "llm": llm_unready(config)})
+        "llm": llm_parts(config)})

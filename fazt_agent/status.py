@@ -71,23 +71,31 @@ def assemble(*, results: list[dict[str, Any]], last: dict[str, Any] | None, auto
     }
 
 
-def llm_unready(config: Config) -> dict[str, Any] | None:
-    """The summary's `llm` when decisions do not use the LLM (it needs no store); None when they do."""
-    if config.llm_ready:
-        return None
-    return {"configured": False, "model": config.file.llm.model,
-            "note": f"{config.llm_note}: decisions use the rules planner"}
+def llm_parts(config: Config) -> dict[str, Any]:
+    """The summary's `llm` but the spending, which needs the store (`with_spent` adds it): what the
+    validated config says of the LLM. The light read path keeps it in its snapshot."""
+    section = config.file.llm
+    if not config.llm_ready:
+        return {"configured": False, "model": section.model,
+                "note": f"{config.llm_note}: decisions use the rules planner"}
+    return {"configured": True, "model": section.model, "budget": section.budget.model_dump(),
+            "price_known": section.price is not None,   # else the USD budget is not applied
+            "note": f"decisions by {section.model} under the policy gate (rules planner as fallback)"}
+
+
+def with_spent(parts: dict[str, Any], spent: dict[str, float]) -> dict[str, Any]:
+    """`llm_parts` with the LLM's spending (`decide.budget.Budget.spent`) where decisions use it."""
+    if not parts["configured"]:
+        return parts
+    return {"configured": True, "model": parts["model"], "spent": spent,
+            **{key: parts[key] for key in ("budget", "price_known", "note")}}
 
 
 async def _llm(rt: Runtime) -> dict[str, Any]:
     """Whether decisions use the LLM, and its spending against the budget."""
-    unready = llm_unready(rt.config)
-    if unready is not None:
-        return unready
+    parts = llm_parts(rt.config)
+    if not parts["configured"]:
+        return parts
     from .decide.budget import Budget
 
-    section = rt.config.file.llm
-    spent = await Budget(rt.store, rt.clock, section).spent()
-    return {"configured": True, "model": section.model, "spent": spent, "budget": section.budget.model_dump(),
-            "price_known": section.price is not None,   # else the USD budget is not applied
-            "note": f"decisions by {section.model} under the policy gate (rules planner as fallback)"}
+    return with_spent(parts, await Budget(rt.store, rt.clock, rt.config.file.llm).spent())

@@ -1,7 +1,7 @@
 """The light read path (`cli/_light.py`): `status`, `events list` and `halts list` answer with
 sqlite3, tomllib and json from the snapshot the last validated command left (`_snapshot`), and
 print exactly what the validated path prints; anything it cannot vouch for (an edit of the config
-or of a definition, `${NAME}`, an LLM key, `--since`, a halt due for its reminder or expiry) goes
+or of a definition, `${NAME}`, an LLM key that came or went, `--since`, a halt due for its reminder or expiry) goes
 to the validated path, which says what it always said.
 
 Each comparison runs the command through the typer app (always validated) and as `python -m
@@ -25,12 +25,12 @@ LIGHT_READS = (["status"], ["status", "--json"], ["events", "list", "--limit", "
                ["halts", "list", "--all"], ["halts", "list", "--all", "--json"])
 
 
-def same_both_ways(ops: Ops, args: list[str], *, light: bool) -> tuple[int, str, str]:
+def same_both_ways(ops: Ops, args: list[str], *, light: bool, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run `args` as the fast path, then validated: the same exit code, stdout and stderr; `light`: the
     first imported none of the validation and async machinery (else: it did). The fast path runs first:
     the validated run writes a snapshot, so after an edit it would make the fast one light."""
-    fast, modules = imports(ops, *args)
-    validated, _ = imports(ops, *args, typer_path=True)
+    fast, modules = imports(ops, *args, env=env)
+    validated, _ = imports(ops, *args, typer_path=True, env=env)
     assert (fast.returncode, fast.stdout, fast.stderr) == (validated.returncode, validated.stdout, validated.stderr), args
     assert (not packages(modules) & LIGHT_NEVER) == light, (args, sorted(packages(modules) & LIGHT_NEVER))
     return fast.returncode, fast.stdout, fast.stderr
@@ -107,11 +107,23 @@ def test_what_the_light_path_cannot_vouch_for_is_validated(ops: Ops, tmp_path: P
     halt = ask(ops, root)
     same_both_ways(ops, ["halts", "list"], light=True)
     same_both_ways(ops, ["events", "list", "--since", "1h"], light=False)   # its parser is in units (pydantic)
-    # an LLM key in the environment: the LLM is in use, its budget read by the validated path
+    # an LLM key that comes or goes changes what status says of the LLM: validated once, then light;
+    # with the LLM in use, its spending is counted from llm_calls as decide.budget counts it
+    now = datetime.now(timezone.utc)
+    with sqlite3.connect(ops.data_dir / "fazt-agent.db") as db:
+        db.executemany("INSERT INTO llm_calls(ts, purpose, model, input_tokens, output_tokens, cached_tokens,"
+                       " cost_usd, latency_ms, ok) VALUES (?, 'decide', 'm', ?, 50, 10, 0.0125, 900, 1)",
+                       [((now - ago).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), tokens) for ago, tokens in (
+                           (timedelta(minutes=5), 1000), (timedelta(hours=3), 2000), (timedelta(days=2), 4000))])
     keyed = base_env(ANTHROPIC_API_KEY="sk-test")
-    status = ops.cli("status", "--json", env=keyed)
-    assert status.returncode == 0 and json.loads(status.stdout)["llm"]["configured"] is True, status.stderr
-    assert json.loads(ops.cli("status", "--json").stdout)["llm"]["configured"] is False
+    _, out, _ = same_both_ways(ops, ["status", "--json"], light=False, env=keyed)
+    _, out, _ = same_both_ways(ops, ["status", "--json"], light=True, env=keyed)
+    llm = json.loads(out)["llm"]
+    assert llm["configured"] is True and llm["spent"] == {
+        "calls_per_hour": 1, "tokens_per_day": 3120, "usd_per_day": 0.025}, llm
+    _, out, _ = same_both_ways(ops, ["status", "--json"], light=False)   # the key went
+    assert json.loads(out)["llm"]["configured"] is False
+    same_both_ways(ops, ["status"], light=True)
     # the halt's expiry is due: the validated path expires it (and records it) before listing
     past = (datetime.now(timezone.utc) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with sqlite3.connect(ops.data_dir / "fazt-agent.db") as db:
@@ -136,11 +148,13 @@ def test_the_light_path_reads_with_the_runtimes_queries() -> None:
     constants) is the same as there: the output tests above cover the rows, this the rest."""
     from fazt_agent import events, status, store
     from fazt_agent.cli import _light
+    from fazt_agent.decide import budget
     from fazt_agent.kernel.base import Plan
     from fazt_agent.pulse import base, beats
 
     assert _light.LATEST == beats._LATEST
     assert _light.RECENT == events.RECENT and _light.APPLICATION_ID == store.APPLICATION_ID
+    assert (_light.CALLS_SINCE, _light.TOKENS_AND_USD_SINCE) == (budget.CALLS_SINCE, budget.TOKENS_AND_USD_SINCE)
     assert status.SEVERITY == base.SEVERITY
     assert _light.PLAN_KEYS == tuple(Plan.__dataclass_fields__)
     assert {k: v.default_factory() if callable(v.default_factory) else v.default   # type: ignore[misc]

@@ -66,14 +66,15 @@ SNAPSHOT_PATH = (_RECORD + "import signal\n"
                  "sys.argv[0] = 'fazt-agent'; runpy.run_module('fazt_agent', run_name='__main__')")
 
 
-def imports(ops: Ops, *args: str, typer_path: bool = False) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """Run the CLI (as `python -m fazt_agent`, or through the typer app): its result and every module
-    it imported."""
+def imports(ops: Ops, *args: str, typer_path: bool = False,
+            env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the CLI (as `python -m fazt_agent`, or through the typer app; in `env`, else `base_env()`):
+    its result and every module it imported."""
     out = ops.dir.parent / "modules.json"
     out.unlink(missing_ok=True)
     result = subprocess.run([sys.executable, "-c", TYPER_PATH if typer_path else FAST_PATH, str(out),
                              "--config", str(ops.config), *args],
-                            capture_output=True, text=True, timeout=120, env=base_env(), cwd=ops.dir)
+                            capture_output=True, text=True, timeout=120, env=env or base_env(), cwd=ops.dir)
     return result, set(json.loads(out.read_text()))
 
 

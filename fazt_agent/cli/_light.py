@@ -9,7 +9,7 @@ tests/test_import_budget.py) and printed by the same functions (`_bodies.print_*
 
 `run` returns False, having printed nothing, whenever it cannot answer exactly as the validated path
 would: no or a stale snapshot, a `${NAME}` in the config, `--server`, `--since` (its parser is in
-`units`, with pydantic), an LLM in use (its budget is read by `decide.budget`), a database that
+`units`, with pydantic), a database that
 is missing or of another schema version, a halt whose reminder or expiry is due (`halts list`
 sends and expires them first), a plan row of an unknown form, any SQLite error. The validated path
 then runs as before and writes a new snapshot. `approve`/`deny` always take the validated path:
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -32,6 +32,10 @@ from .._migrations import MIGRATIONS
 from ..clock import iso, parse_iso
 from ._common import state, warn_broken
 
+# decide.budget's (compared by the tests): what the LLM spent since a time
+CALLS_SINCE = "SELECT COUNT(*) FROM llm_calls WHERE ts >= ?"
+TOKENS_AND_USD_SINCE = ("SELECT COALESCE(SUM(input_tokens + output_tokens + cached_tokens), 0), "
+                        "COALESCE(SUM(cost_usd), 0) FROM llm_calls WHERE ts >= ?")
 APPLICATION_ID = 0x46415A54   # store.APPLICATION_ID ("FAZT"; compared by the tests)
 RECENT = 10_000               # events.RECENT (compared by the tests)
 # pulse.beats._LATEST (compared by the tests): the newest result of every (check, target)
@@ -107,11 +111,9 @@ def _now() -> datetime:
 
 def status(db: sqlite3.Connection, facts: dict[str, Any], observed: _snapshot.Observed,
            as_json: bool = False) -> Callable[[], None]:
-    from ..status import assemble, horizon
+    from ..status import assemble, horizon, with_spent
     from ._bodies import print_status
 
-    if facts["llm"] is None:
-        raise Declined("the LLM is in use: its spending is read by decide.budget")
     rows = db.execute(LATEST + " WHERE r.ts >= ? ORDER BY r.check_name, r.target",
                       (iso(horizon(_now(), facts["interval"])),)).fetchall()
     configured = set(facts["checks"])
@@ -130,8 +132,17 @@ def status(db: sqlite3.Connection, facts: dict[str, Any], observed: _snapshot.Ob
     config = SimpleNamespace(agent=SimpleNamespace(personality=facts["personality"]), source=observed.source,
                              data_dir=observed.data_dir)
     data = assemble(results=results, last=dict(last) if last else None, autonomy=autonomy, pause=pause,
-                    checks=len(facts["checks"]), config=config, llm=facts["llm"], warnings=facts["warnings"])
+                    checks=len(facts["checks"]), config=config, llm=with_spent(facts["llm"], _spent(db)),
+                    warnings=facts["warnings"])
     return lambda: print_status(data, as_json)
+
+
+def _spent(db: sqlite3.Connection) -> dict[str, float]:
+    """decide.budget.Budget.spent: calls in the last hour; tokens and dollars in the last 24 hours."""
+    now = _now()
+    calls = db.execute(CALLS_SINCE, (iso(now - timedelta(hours=1)),)).fetchone()[0]
+    tokens, usd = db.execute(TOKENS_AND_USD_SINCE, (iso(now - timedelta(days=1)),)).fetchone()
+    return {"calls_per_hour": calls or 0, "tokens_per_day": tokens, "usd_per_day": usd}
 
 
 def _setting(db: sqlite3.Connection, key: str) -> str | None:

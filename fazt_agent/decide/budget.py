@@ -19,6 +19,12 @@ from ..store import Store
 from ..units import format_number
 
 
+# what `spent` counts (the CLI's light read path, cli/_light.py, runs the same; a test compares them)
+CALLS_SINCE = "SELECT COUNT(*) FROM llm_calls WHERE ts >= ?"
+TOKENS_AND_USD_SINCE = ("SELECT COALESCE(SUM(input_tokens + output_tokens + cached_tokens), 0), "
+                        "COALESCE(SUM(cost_usd), 0) FROM llm_calls WHERE ts >= ?")
+
+
 @dataclass(frozen=True)
 class Usage:
     """Tokens of one or more calls. `input_tokens` excludes the cache reads and writes."""
@@ -74,11 +80,8 @@ class Budget:
     async def spent(self) -> dict[str, float]:
         """Calls in the last hour; tokens and dollars in the last 24 hours."""
         now = self.clock.now()
-        calls = await self.store.scalar("SELECT COUNT(*) FROM llm_calls WHERE ts >= ?",
-                                        (iso(now - timedelta(hours=1)),))
-        row = await self.store.fetchone(
-            "SELECT COALESCE(SUM(input_tokens + output_tokens + cached_tokens), 0), COALESCE(SUM(cost_usd), 0) "
-            "FROM llm_calls WHERE ts >= ?", (iso(now - timedelta(days=1)),))
+        calls = await self.store.scalar(CALLS_SINCE, (iso(now - timedelta(hours=1)),))
+        row = await self.store.fetchone(TOKENS_AND_USD_SINCE, (iso(now - timedelta(days=1)),))
         assert row is not None
         return {"calls_per_hour": calls or 0, "tokens_per_day": row[0], "usd_per_day": row[1]}
 
