@@ -40,6 +40,8 @@ from typing import Any, Callable
 
 from _common import Ops, clean_env, make_ops, print_json, stats, verdict
 
+from fazt_agent._sql import LATEST
+
 LATEST_TARGET_MS = 2.0
 HISTORY_TARGET_MS = 10.0
 STEP_S = 5.0            # the beat interval of the filled history
@@ -48,20 +50,7 @@ PROBLEM_EVERY = 100     # one beat in this many has a problem (what history() re
 STATUS_HORIZON = timedelta(hours=1)   # status: max(3 intervals, 1 h)
 
 # What the reads run, for the anchor (plain sqlite3, the same file, nothing decoded).
-LATEST_SQL = """
-WITH RECURSIVE
-  checks(c) AS (
-    SELECT MIN(check_name) FROM results
-    UNION ALL
-    SELECT (SELECT MIN(check_name) FROM results WHERE check_name > checks.c) FROM checks WHERE c IS NOT NULL),
-  pairs(c, t) AS (
-    SELECT c, (SELECT MIN(target) FROM results WHERE check_name = checks.c) FROM checks WHERE c IS NOT NULL
-    UNION ALL
-    SELECT c, (SELECT MIN(target) FROM results WHERE check_name = pairs.c AND target > pairs.t)
-    FROM pairs WHERE t IS NOT NULL)
-SELECT r.* FROM pairs CROSS JOIN results AS r
-  ON r.rowid = (SELECT rowid FROM results WHERE check_name = pairs.c AND target = pairs.t
-                ORDER BY ts DESC, rowid DESC LIMIT 1)"""
+LATEST_SQL = LATEST   # fazt_agent._sql's, as the Runtime and the CLI run it
 OLD_LATEST_SQL = ("SELECT *, MAX(ts) AS newest FROM results {where} GROUP BY check_name, target "
                   "ORDER BY check_name, target")
 HISTORY_SQL = ("SELECT * FROM beats WHERE ts >= ? ORDER BY +id",

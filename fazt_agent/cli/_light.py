@@ -29,30 +29,12 @@ from typing import Any, Callable
 from .. import _snapshot
 from .._autonomy import AUTONOMY_KEY, PAUSED_BY_SQL, PAUSED_KEY, Override, in_force
 from .._migrations import MIGRATIONS
+from .._sql import CALLS_SINCE, LATEST, TOKENS_AND_USD_SINCE
 from ..clock import iso, parse_iso
 from ._common import state, warn_broken
 
-# decide.budget's (compared by the tests): what the LLM spent since a time
-CALLS_SINCE = "SELECT COUNT(*) FROM llm_calls WHERE ts >= ?"
-TOKENS_AND_USD_SINCE = ("SELECT COALESCE(SUM(input_tokens + output_tokens + cached_tokens), 0), "
-                        "COALESCE(SUM(cost_usd), 0) FROM llm_calls WHERE ts >= ?")
 APPLICATION_ID = 0x46415A54   # store.APPLICATION_ID ("FAZT"; compared by the tests)
 RECENT = 10_000               # events.RECENT (compared by the tests)
-# pulse.beats._LATEST (compared by the tests): the newest result of every (check, target)
-LATEST = """
-WITH RECURSIVE
-  checks(c) AS (
-    SELECT MIN(check_name) FROM results
-    UNION ALL
-    SELECT (SELECT MIN(check_name) FROM results WHERE check_name > checks.c) FROM checks WHERE c IS NOT NULL),
-  pairs(c, t) AS (
-    SELECT c, (SELECT MIN(target) FROM results WHERE check_name = checks.c) FROM checks WHERE c IS NOT NULL
-    UNION ALL
-    SELECT c, (SELECT MIN(target) FROM results WHERE check_name = pairs.c AND target > pairs.t)
-    FROM pairs WHERE t IS NOT NULL)
-SELECT r.* FROM pairs CROSS JOIN results AS r
-  ON r.rowid = (SELECT rowid FROM results WHERE check_name = pairs.c AND target = pairs.t
-                ORDER BY ts DESC, rowid DESC LIMIT 1)"""
 
 
 class Declined(Exception):

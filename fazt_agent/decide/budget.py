@@ -13,16 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .._sql import CALLS_SINCE, TOKENS_AND_USD_SINCE
 from ..clock import Clock, iso, parse_iso
 from ..config import LlmPrice, LlmSection
 from ..store import Store
 from ..units import format_number
-
-
-# what `spent` counts (the CLI's light read path, cli/_light.py, runs the same; a test compares them)
-CALLS_SINCE = "SELECT COUNT(*) FROM llm_calls WHERE ts >= ?"
-TOKENS_AND_USD_SINCE = ("SELECT COALESCE(SUM(input_tokens + output_tokens + cached_tokens), 0), "
-                        "COALESCE(SUM(cost_usd), 0) FROM llm_calls WHERE ts >= ?")
 
 
 @dataclass(frozen=True)

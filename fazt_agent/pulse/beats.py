@@ -24,6 +24,7 @@ from typing import Any
 
 from ..clock import iso, parse_iso
 from ..events import EventLog, NewEvent
+from .._sql import LATEST as _LATEST
 from ..store import Store
 from .base import OVERLOADED, CheckResult
 from .runner import BeatResult
@@ -154,25 +155,6 @@ class BeatStore:
             cur = await db.execute("DELETE FROM beats WHERE ts < ?", (iso(before),))
             return cur.rowcount
 
-
-# The newest result of each check target, by seeks in results_check_ts (check_name, target, ts):
-# `checks` steps from one check name to the next, `pairs` from one target of a check to the next,
-# and each pair's newest row is the last index entry of (check, target) (the later write when two
-# share a time). Its cost grows with the number of check targets, not with the stored results.
-_LATEST = """
-WITH RECURSIVE
-  checks(c) AS (
-    SELECT MIN(check_name) FROM results
-    UNION ALL
-    SELECT (SELECT MIN(check_name) FROM results WHERE check_name > checks.c) FROM checks WHERE c IS NOT NULL),
-  pairs(c, t) AS (
-    SELECT c, (SELECT MIN(target) FROM results WHERE check_name = checks.c) FROM checks WHERE c IS NOT NULL
-    UNION ALL
-    SELECT c, (SELECT MIN(target) FROM results WHERE check_name = pairs.c AND target > pairs.t)
-    FROM pairs WHERE t IS NOT NULL)
-SELECT r.* FROM pairs CROSS JOIN results AS r
-  ON r.rowid = (SELECT rowid FROM results WHERE check_name = pairs.c AND target = pairs.t
-                ORDER BY ts DESC, rowid DESC LIMIT 1)"""
 
 
 def beat_event(beat: BeatResult, beat_id: int) -> NewEvent:
