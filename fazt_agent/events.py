@@ -34,12 +34,12 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 import aiosqlite
 from pydantic import BaseModel, ValidationError
 
+from ._sql import events_listed, events_select
 from .clock import Clock, SystemClock, iso, parse_iso
 from .store import Store
 
 log = logging.getLogger(__name__)
 GENESIS = "0" * 64
-RECENT = 10_000   # events listed by type are looked for first among this many newest ids
 
 
 @dataclass(frozen=True)
@@ -237,39 +237,16 @@ class EventLog:
     async def list(self, *, type_glob: str | None = None, since: datetime | None = None,
                    after_id: int | None = None, incident_id: int | None = None,
                    limit: int | None = 100, newest_first: bool = True) -> list[Event]:
-        """Events filtered by type glob, time, id and incident."""
-        if type_glob and newest_first and limit is not None and incident_id is None:
-            # The newest of a type glob: first among the newest RECENT ids, newest first (a range of
-            # ids, read until `limit` match), which holds them unless the type is rare; only then the
-            # type index, whose matches are sorted by id (all of them: cheap for a rare type, not for
-            # `pulse.*` in a million events)
-            recent = await self._list(["+type GLOB ?", "id > (SELECT MAX(id) FROM events) - ?"],
-                                      [type_glob, RECENT], since, after_id, None, limit, newest_first)
-            if len(recent) >= limit:
-                return recent
-        return await self._list(["type GLOB ?"] if type_glob else [], [type_glob] if type_glob else [],
-                                since, after_id, incident_id, limit, newest_first)
-
-    async def _list(self, where: list[str], params: list[Any], since: datetime | None, after_id: int | None,
-                    incident_id: int | None, limit: int | None, newest_first: bool) -> list[Event]:
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(iso(since))
-        if after_id is not None:
-            where.append("id > ?")
-            params.append(after_id)
-        if incident_id is not None:
-            where.append("incident_id = ?")
-            params.append(incident_id)
-        sql = "SELECT * FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id " + ("DESC" if newest_first else "ASC")
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        rows = await self.store.fetchall(sql, params)
-        return [_from_row(r) for r in rows]
+        """Events filtered by type glob, time, id and incident (`_sql.events_listed`: for the newest of
+        a type glob, the newest ids first)."""
+        tried = events_listed(type_glob, limit, incident_id, newest_first)
+        for i, (where, params) in enumerate(tried):
+            sql, args = events_select(where, params, iso(since) if since is not None else None, after_id,
+                                      incident_id, limit, newest_first)
+            rows = await self.store.fetchall(sql, args)
+            if i == len(tried) - 1 or (limit is not None and len(rows) >= limit):
+                return [_from_row(r) for r in rows]
+        raise AssertionError("events_listed tries at least once")
 
     async def get(self, event_id: int) -> Event | None:
         row = await self.store.fetchone("SELECT * FROM events WHERE id = ?", (event_id,))

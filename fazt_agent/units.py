@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, get_args
 
-from pydantic import BeforeValidator
-
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
@@ -189,10 +187,24 @@ def format_metric(name: str, value: float) -> str:
     return format_number(round(value, 3))
 
 
+class Parsed:
+    """`Annotated[float, Parsed(parse_duration)]`: pydantic runs the parser before its own validation
+    (what `pydantic.BeforeValidator` does, without importing pydantic here: the CLI's light read path
+    parses `--since` with this module and never loads pydantic)."""
+
+    def __init__(self, func: Any):
+        self.func = func
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_before_validator_function(self.func, handler(source))
+
+
 def _parser(annotation: Any) -> Any:
     """parse_size or parse_duration when `annotation` is (an optional) Size or Duration."""
     for meta in getattr(annotation, "__metadata__", ()):
-        if isinstance(meta, BeforeValidator) and meta.func in (parse_size, parse_duration):
+        if isinstance(meta, Parsed) and meta.func in (parse_size, parse_duration):
             return meta.func
     for arg in get_args(annotation):
         found = _parser(arg)
@@ -201,5 +213,5 @@ def _parser(annotation: Any) -> Any:
     return None
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, Parsed(parse_duration)]
+Size = Annotated[int, Parsed(parse_size)]

@@ -127,8 +127,10 @@ def test_the_fast_path_prints_what_typer_prints(ops: Ops, tmp_path: Path) -> Non
              ["events", "list", "--type", "halt.*", "--since", "1h", "--json"], ["halts", "list", "--all"],
              ["halts", "list", "--json"], ["events", "list", "--since", "soon"], ["deny", "999"],
              ["approve", str(halt), "--note", "checked the plan"]]
-    light = (["status"], ["status", "--json"], ["events", "list", "--limit", "7"], ["halts", "list", "--all"],
-             ["halts", "list", "--json"])   # after a validated run (the previous case's): the light read path
+    light = (["status"], ["status", "--json"], ["events", "list", "--limit", "7"],
+             ["events", "list", "--type", "halt.*", "--since", "1h", "--json"], ["halts", "list", "--all"],
+             ["halts", "list", "--json"],   # after a validated run (the previous case's): the light read path
+             ["events", "list", "--since", "soon"])   # refused before the config is read, either way
     for args in cases:
         typer_result, typer_modules = imports(ops, *args, typer_path=True)
         fast_result, fast_modules = imports(ops, *args)

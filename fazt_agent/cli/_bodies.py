@@ -118,8 +118,8 @@ def events_list(type_glob: str | None = None, since: str | None = None, limit: i
 
     async def body() -> list[Any]:
         async with runtime(needs_definitions=None) as rt:
-            return await rt.events.list(type_glob=type_glob, since=(rt.clock.now() - age) if age else None,
-                                        limit=limit)
+            since = rt.clock.now() - age if age is not None else None   # `--since 0s`: from now on
+            return await rt.events.list(type_glob=type_glob, since=since, limit=limit)
 
     print_events(list(reversed(run(body))), as_json)
 

@@ -8,8 +8,8 @@ is read with the same queries as the Runtime's (the constants shared, or compare
 tests/test_import_budget.py) and printed by the same functions (`_bodies.print_*`).
 
 `run` returns False, having printed nothing, whenever it cannot answer exactly as the validated path
-would: no or a stale snapshot, a `${NAME}` in the config, `--server`, `--since` (its parser is in
-`units`, with pydantic), a database that
+would: no or a stale snapshot, a `${NAME}` in the config, `--server`, a `--since` that is not a
+duration, a database that
 is missing or of another schema version, a halt whose reminder or expiry is due (`halts list`
 sends and expires them first), a plan row of an unknown form, any SQLite error. The validated path
 then runs as before and writes a new snapshot. `approve`/`deny` always take the validated path:
@@ -29,12 +29,11 @@ from typing import Any, Callable
 from .. import _snapshot
 from .._autonomy import AUTONOMY_KEY, PAUSED_BY_SQL, PAUSED_KEY, Override, in_force
 from .._migrations import MIGRATIONS
-from .._sql import CALLS_SINCE, LATEST, TOKENS_AND_USD_SINCE
+from .._sql import CALLS_SINCE, LATEST, TOKENS_AND_USD_SINCE, events_listed, events_select
 from ..clock import iso, parse_iso
 from ._common import state, warn_broken
 
 APPLICATION_ID = 0x46415A54   # store.APPLICATION_ID ("FAZT"; compared by the tests)
-RECENT = 10_000               # events.RECENT (compared by the tests)
 
 
 class Declined(Exception):
@@ -148,16 +147,19 @@ def events_list(db: sqlite3.Connection, facts: dict[str, Any], observed: _snapsh
                 as_json: bool = False) -> Callable[[], None]:
     from ._bodies import print_events
 
+    cutoff = None
     if since is not None:
-        raise Declined("--since is parsed by units (pydantic)")
-    if type_glob:   # EventLog.list: the newest of a type glob among the RECENT newest ids first
-        rows = db.execute("SELECT * FROM events WHERE +type GLOB ? AND id > (SELECT MAX(id) FROM events) - ?"
-                          " ORDER BY id DESC LIMIT ?", (type_glob, RECENT, limit)).fetchall()
-        if len(rows) < limit:
-            rows = db.execute("SELECT * FROM events WHERE type GLOB ? ORDER BY id DESC LIMIT ?",
-                              (type_glob, limit)).fetchall()
-    else:
-        rows = db.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        from ..units import parse_duration
+
+        try:   # as _bodies.since_delta; a bad duration is the validated path's to refuse
+            cutoff = iso(_now() - timedelta(seconds=parse_duration(since)))
+        except ValueError as e:
+            raise Declined(str(e)) from None
+    tried = events_listed(type_glob, limit)   # as EventLog.list
+    for i, (where, params) in enumerate(tried):
+        rows = db.execute(*events_select(where, params, cutoff, limit=limit)).fetchall()
+        if i == len(tried) - 1 or len(rows) >= limit:
+            break
     events = [Event(id=r["id"], ts=parse_iso(r["ts"]), type=r["type"], source=r["source"],
                     incident_id=r["incident_id"], data=json.loads(r["data"]), hash=r["hash"]) for r in reversed(rows)]
     return lambda: print_events(events, as_json)
