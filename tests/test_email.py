@@ -24,6 +24,7 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -708,3 +709,91 @@ def make_tls(tmp_path: Path) -> tuple[Path, Path, Path]:
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                            serialization.NoEncryption()))
     return ca_file, cert_file, key_file
+
+
+class ScriptedImap:
+    """An IMAP server on loopback that plays one race exactly: the owner's reply arrives while the
+    agent's SEARCH runs, so its `* 1 EXISTS` comes with that SEARCH's (empty) answer and is never
+    repeated; in IDLE it announces nothing. Dovecot does the same when a message lands between
+    SEARCH's evaluation and its tagged OK; here it happens every time."""
+
+    def __init__(self, message: bytes):
+        self.message = message
+        self.seen = False
+        self.searches = 0
+        self.commands: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 IDLE] scripted\r\n")
+            idle_tag = ""
+            for raw_line in lines:
+                line = raw_line.decode().rstrip("\r\n")
+                if line.upper() == "DONE":   # the end of IDLE: its tagged OK
+                    conn.sendall(f"{idle_tag} OK idle done\r\n".encode())
+                    continue
+                tag, _, command = line.partition(" ")
+                self.commands.append(command)
+                idle_tag = tag if command.upper() == "IDLE" else idle_tag
+                conn.sendall(self._answer(tag, command.upper()))
+                if command.upper().startswith("LOGOUT"):
+                    return
+
+    def _answer(self, tag: str, command: str) -> bytes:
+        ok = f"{tag} OK done\r\n".encode()
+        if command.startswith("CAPABILITY"):
+            return b"* CAPABILITY IMAP4rev1 IDLE\r\n" + ok
+        if command.startswith("SELECT"):
+            return b"* 0 EXISTS\r\n* OK [PERMANENTFLAGS (\\Seen \\*)] flags\r\n" + ok
+        if command.startswith("UID SEARCH"):
+            self.searches += 1
+            if self.searches == 1:   # evaluated before the reply landed; its notice rides on the answer
+                return b"* SEARCH\r\n* 1 EXISTS\r\n* 1 RECENT\r\n" + ok
+            return (b"* SEARCH\r\n" if self.seen else b"* SEARCH 1\r\n") + ok
+        if command.startswith("UID FETCH") and "RFC822.SIZE" in command:
+            return f"* 1 FETCH (UID 1 RFC822.SIZE {len(self.message)})\r\n".encode() + ok
+        if command.startswith("UID FETCH"):
+            return (f"* 1 FETCH (UID 1 BODY[] {{{len(self.message)}}}\r\n".encode() + self.message + b")\r\n" + ok)
+        if command.startswith("UID STORE"):
+            self.seen = True
+            return ok
+        if command.startswith("IDLE"):
+            return b"+ idling\r\n"   # and nothing more, until DONE
+        if command.startswith("LOGOUT"):
+            return b"* BYE\r\n" + ok
+        return ok
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_reply_whose_arrival_came_with_a_search_answer_is_read_at_once(
+        ops: Ops, tmp_path: Path, outbox: Outbox, keys: dict[str, Key]) -> None:
+    """aioimaplib drops an EXISTS that comes with another command's answer; the listener notes it and
+    searches again instead of waiting in IDLE for its renewal (5 min)."""
+    stray = reply(None, "approve\n", subject="approve")   # names no halt: refused, and answered by mail
+    server = ScriptedImap(sign(raw(stray), keys["owner.test"]))
+    try:
+        configure(ops, server, outbox)   # type: ignore[arg-type]   (it needs only .port)
+        proc = run_daemon(ops, agent_env(tmp_path, keys))
+        try:
+            refused = wait_until("the reply read and refused", lambda: db_events(ops, "email.refused"), timeout=20)
+            assert refused[0]["message_id"] == stray["Message-ID"], refused
+            wait_until("the reply marked seen", lambda: server.seen)
+            assert server.searches >= 2, server.commands
+        finally:
+            stop_daemon(proc, check=False)
+    finally:
+        server.close()

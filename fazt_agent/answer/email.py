@@ -77,6 +77,7 @@ IDLE_RENEW = 300.0                # IDLE is re-issued every 5 min (RFC 2177: at 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 300.0
 STOP_GRACE = 2.0                  # how long stopping waits for the message being handled
 BATCH = 50                        # messages fetched per round (a command line stays short)
+_ARRIVAL = re.compile(rb"\* \d+ (?:EXISTS|RECENT)", re.IGNORECASE)   # a message came into the mailbox
 PROCESSED = "$FaztProcessed"
 REPLIES_PER_HOUR = 10             # refusal replies to one owner: a flood of forgeries is not echoed
 TEST_DKIM_KEYS = "FAZT_AGENT_TEST_DKIM_KEYS"
@@ -483,6 +484,7 @@ class EmailListener:
         self._stopping = asyncio.Event()
         self._replies: dict[str, deque[float]] = {}
         self._keywords = False
+        self._arrived = False   # the server announced a message (EXISTS/RECENT) since the last SEARCH began
 
     async def start(self, answers: Any, config: Config) -> None:
         """Start reading `[email] mailbox`; `answers` is the daemon's `core.Answers` (typed loosely:
@@ -559,6 +561,7 @@ class EmailListener:
         client = aioimaplib.IMAP4(s.imap_host or "", s.imap_port, timeout=IMAP_TIMEOUT,
                                   conn_lost_cb=lambda exc: lost.set(), ssl_context=context)
         try:
+            self._watch_arrivals(client)
             await client.wait_hello_from_server()
             login = await client.login(aioimaplib.quoted(s.imap_username or s.address or ""), s.imap_password or "")
             if login.result != "OK":
@@ -587,6 +590,23 @@ class EmailListener:
             if transport is not None:
                 transport.close()
 
+    def _watch_arrivals(self, client: Any) -> None:
+        """Note every `* N EXISTS` / `* N RECENT` the server sends. aioimaplib queues those that come
+        during IDLE and drops (logs) those that come with another command's answer, and the server does
+        not repeat them in the next IDLE: a reply delivered while the last SEARCH before IDLE ran
+        would wait for IDLE's renewal (5 min). `_read_unseen` searches again when one was noted."""
+        protocol = client.protocol
+        untagged = getattr(protocol, "_untagged_response", None)
+        if untagged is None:   # another aioimaplib: IDLE's own pushes and its renewal still read everything
+            return
+
+        def noted(line: bytes) -> Any:
+            if _ARRIVAL.fullmatch(line.rstrip()):
+                self._arrived = True
+            return untagged(line)
+
+        protocol._untagged_response = noted
+
     async def _idle(self, client: Any, lost: asyncio.Event) -> None:
         """Wait in IDLE until the server reports a change, IDLE_RENEW passes, or we stop."""
         idle = await client.idle_start(timeout=IDLE_RENEW)
@@ -606,11 +626,14 @@ class EmailListener:
     async def _read_unseen(self, client: Any, lost: asyncio.Event) -> None:
         """Handle every unseen message, a batch at a time, until none is left."""
         while not (self._stopping.is_set() or lost.is_set()):
+            self._arrived = False
             found = await client.uid_search("UNSEEN")
             _check(found, "SEARCH UNSEEN")
             uids = [u for line in found.lines[:-1] if isinstance(line, bytes) for u in line.decode().split()
                     if u.isdigit()]
             if not uids:
+                if self._arrived:   # a message came while searching: its notice is gone, look again
+                    continue
                 return
             await self._read_batch(client, lost, uids[:BATCH])
 
