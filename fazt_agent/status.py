@@ -53,8 +53,7 @@ def assemble(*, results: list[dict[str, Any]], last: dict[str, Any] | None, auto
                      f"counts: {autonomy.problem}")
     notes += warnings
     return {
-        "health": (max((r["status"] for r in results), key=SEVERITY.__getitem__, default="ok") if results
-                   else "unknown"),
+        "health": max((r["status"] for r in results), key=SEVERITY.__getitem__) if results else "unknown",
         "autonomy": autonomy.level,
         "autonomy_detail": autonomy.to_json(),   # where the level comes from, what the config file says
         **pause,                                 # paused, paused_by, paused_at

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from .. import _snapshot
 from .._autonomy import AUTONOMY_KEY, PAUSED_BY_SQL, PAUSED_KEY, Override, in_force
 from .._migrations import MIGRATIONS
+from .._rows import halt_json
 from .._sql import CALLS_SINCE, LATEST, TOKENS_AND_USD_SINCE, events_listed, events_select
 from ..clock import iso, parse_iso
 from ._common import state, warn_broken
@@ -155,10 +156,10 @@ def events_list(db: sqlite3.Connection, facts: dict[str, Any], observed: _snapsh
             cutoff = iso(_now() - timedelta(seconds=parse_duration(since)))
         except ValueError as e:
             raise Declined(str(e)) from None
-    tried = events_listed(type_glob, limit)   # as EventLog.list
-    for i, (where, params) in enumerate(tried):
+    rows: list[sqlite3.Row] = []
+    for where, params in events_listed(type_glob, limit):   # as EventLog.list
         rows = db.execute(*events_select(where, params, cutoff, limit=limit)).fetchall()
-        if i == len(tried) - 1 or len(rows) >= limit:
+        if len(rows) >= limit:
             break
     events = [Event(id=r["id"], ts=parse_iso(r["ts"]), type=r["type"], source=r["source"],
                     incident_id=r["incident_id"], data=json.loads(r["data"]), hash=r["hash"]) for r in reversed(rows)]
@@ -175,17 +176,7 @@ class Halt(SimpleNamespace):
     """A row of `halts` as `halt.store.Halt` shows it."""
 
     def to_json(self) -> dict[str, Any]:   # halt.store.Halt.to_json
-        def ts(value: datetime | None) -> str | None:
-            return iso(value) if value else None
-
-        return {"id": self.id, "incident_id": self.incident_id, "rule": self.rule, "title": self.title,
-                "body": self.body, "plan": self.plan_json, "options": self.options,
-                "default_option": self.default_option, "status": self.status, "answer": self.answer,
-                "answered_by": self.answered_by, "answered_via": self.answered_via, "note": self.note,
-                "created_at": iso(self.created_at),
-                "expires_at": iso(self.expires_at), "remind_at": ts(self.remind_at),
-                "reminded_at": ts(self.reminded_at), "answered_at": ts(self.answered_at),
-                "execution": self.execution, "action_id": self.action_id}
+        return halt_json(self, self.plan_json)
 
 
 def halts_list(db: sqlite3.Connection, facts: dict[str, Any], observed: _snapshot.Observed,

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Literal, NoReturn, Sequence
 
 from .._faults import crash_point
+from .._rows import halt_json
 from ..clock import Clock, iso, parse_iso
 from ..errors import FaztAgentError
 from ..event_types import HaltAnswered, HaltAnswerRefused, HaltExpired, HaltReminded, HaltRequested
@@ -77,17 +78,7 @@ class Halt:
         return f"{by} via {self.answered_via}" if self.answered_via and self.answered_via != by else by
 
     def to_json(self) -> dict[str, Any]:
-        def ts(value: datetime | None) -> str | None:
-            return iso(value) if value else None
-
-        return {"id": self.id, "incident_id": self.incident_id, "rule": self.rule, "title": self.title,
-                "body": self.body, "plan": self.plan.to_json(), "options": self.options,
-                "default_option": self.default_option, "status": self.status, "answer": self.answer,
-                "answered_by": self.answered_by, "answered_via": self.answered_via, "note": self.note,
-                "created_at": iso(self.created_at),
-                "expires_at": iso(self.expires_at), "remind_at": ts(self.remind_at),
-                "reminded_at": ts(self.reminded_at), "answered_at": ts(self.answered_at),
-                "execution": self.execution, "action_id": self.action_id}
+        return halt_json(self, self.plan.to_json())
 
 
 class HaltStore:
