@@ -1,4 +1,4 @@
-"""The daemon's lifecycle: lock, store, scheduler, control plane, signals, sd_notify, shutdown.
+"""The daemon's lifecycle: lock, store, timetable, control plane, signals, sd_notify, shutdown.
 
 `Daemon.run()` is the async entry point (tests drive it directly or through `fazt-agent run`).
 SIGTERM/SIGINT set a stop event; the daemon then stops scheduling, lets an in-flight beat finish
@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable, Coroutine
 from . import __version__
 from ._lock import DataDirLock
 from ._sdnotify import Notifier
+from ._ticker import Ticker
 from .clock import iso
 from .config import Config, read_autonomy
 from .event_types import AgentAlert, AgentStarted, AgentStopped, PulseBeatInterrupted
@@ -70,8 +71,6 @@ class Daemon:
             self.notifier.close()
 
     async def _serve(self, rt: Runtime) -> int:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
@@ -101,20 +100,15 @@ class Daemon:
             log.warning("%s", warning)
         await self._start_following_autonomy(rt)
         await self.engine.reconcile()
-        server, server_task = await self._start_http(rt)
+        front = await self._start_http(rt)
         from .apps.plane import AppsListener  # tiny; the apps plane itself is imported only when wanted
 
         self._apps = AppsListener()
         await self._apps.ensure(rt)
-        scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
-        scheduler.add_job(self._beat_job, "interval", seconds=rt.config.file.pulse.interval,
-                          next_run_time=datetime.now().astimezone(), id="beat",
-                          max_instances=1, coalesce=True, misfire_grace_time=None)
-        scheduler.add_job(self._prune_job, "interval", hours=1, next_run_time=datetime.now().astimezone(),
-                          id="prune", max_instances=1, coalesce=True)
-        scheduler.add_job(self._housekeeping_job, "interval", seconds=HOUSEKEEPING_INTERVAL, id="housekeeping",
-                          max_instances=1, coalesce=True)
-        scheduler.start()
+        ticker = Ticker()
+        ticker.every(rt.config.file.pulse.interval, self._beat_job, name="beat")
+        ticker.every(3600, self._prune_job, name="retention")
+        ticker.every(HOUSEKEEPING_INTERVAL, self._housekeeping_job, name="housekeeping", first=HOUSEKEEPING_INTERVAL)
         watchdog = asyncio.create_task(self._watchdog()) if self.notifier.watchdog_interval else None
         self.notifier.send("READY=1", f"STATUS=running, {len(rt.pulse.checks)} checks every "
                                       f"{rt.config.file.pulse.interval:g}s")
@@ -125,7 +119,7 @@ class Daemon:
 
         self.notifier.send("STOPPING=1", f"STATUS=stopping ({self._stop_reason})")
         log.info("stopping (%s)", self._stop_reason)
-        scheduler.shutdown(wait=False)
+        ticker.stop()
         if self._email is not None:
             await self._email.stop()
         if self._slack is not None:
@@ -133,13 +127,11 @@ class Daemon:
         interrupted = await self._drain(rt)
         if watchdog:
             watchdog.cancel()
-        if server is not None and server_task is not None:
-            from .web.app import stop
-
+        if front is not None:
             if self._mcp is not None:   # the control plane was built (a request other than /healthz came)
                 await self._mcp.aclose()  # stops the MCP worker, so open streams do not hold the server
                 self._dashboard.close()   # ends the dashboard's live streams, for the same reason
-            await stop(server, server_task)
+            await front.stop()
         await self._apps.stop()
         await rt.events.emit("agent.stopped", AgentStopped(
             reason=self._stop_reason, uptime_s=round(time.monotonic() - self._started, 3), interrupted=interrupted))
@@ -154,7 +146,7 @@ class Daemon:
     def spawn(self, kind: str, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` as a task of ours, tracked so that stopping drains or records it.
 
-        Scheduler jobs only spawn: stopping the scheduler never cancels work half-done.
+        Timetable jobs only spawn: stopping the timetable never cancels work half-done.
         """
         task = asyncio.get_running_loop().create_task(coro, name=kind)
         assert self.runtime is not None
@@ -162,7 +154,7 @@ class Daemon:
         task.add_done_callback(lambda t: self._inflight.pop(t, None))
 
     async def _beat_job(self) -> None:
-        """The scheduler's tick (a coroutine, so it runs on the loop): one beat at a time."""
+        """The beat's slot in the timetable: one beat at a time."""
         if any(kind == "beat" for kind, _ in self._inflight.values()):
             log.warning("beat skipped: the previous beat is still running")
             return
@@ -289,22 +281,23 @@ class Daemon:
                        last_beat_age_s=round(age, 1))
         return age < slack, details
 
-    async def _start_http(self, rt: Runtime) -> tuple[Any, asyncio.Task[None] | None]:
+    async def _start_http(self, rt: Runtime) -> Any:
         """The control plane: /healthz, /metrics, /webhooks/alertmanager, signed links (/a/...) and
         /approvals, the dashboard (/ and its pages), and /mcp (a worker process started at its first request).
 
-        Only /healthz is built at start; the rest (`_control_plane`: the MCP bridge, metrics, the
-        webhook, approvals, the dashboard, ~3 MiB and ~35 ms) at the first request for anything else,
-        so a daemon that is only probed for health never holds it."""
+        Only /healthz is served at start, by the front door alone (`web/front.py`, bare asyncio); uvicorn
+        and the rest (`_control_plane`: starlette, the MCP bridge, metrics, the webhook, approvals, the
+        dashboard, ~5 MiB and ~120 ms) at the first request for anything else, so a daemon that is
+        only probed for health never holds them."""
         http = rt.config.file.http
         if not http.enabled:
-            return None, None
-        from .web.app import deferred, start
+            return None
+        from .web.front import Front
 
-        server, task = await start(deferred(self.health, lambda: self._control_plane(rt)), http.host, http.port,
-                                   "[http] listen")
+        front = Front(self.health, lambda: self._control_plane(rt))
+        await front.start(http.host, http.port, "[http] listen")
         log.info("control plane on http://%s", http.listen)
-        return server, task
+        return front
 
     def _control_plane(self, rt: Runtime) -> Any:
         """The control plane's app with every route (/healthz too), built at its first request other than /healthz."""

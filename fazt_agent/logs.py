@@ -52,5 +52,5 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("fazt_agent").setLevel(level.upper())
-    for noisy in ("apscheduler", "uvicorn.access", "httpx"):
+    for noisy in ("uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -42,11 +42,13 @@ LIGHT_NEVER = {"pydantic", "pydantic_core", "annotated_types", "asyncio", "aiosq
 # what the daemon never holds while idle: the CLI's libraries, the LLM and MCP SDKs (imported at the
 # first decision or /mcp request), notification and ACME libraries, check kinds it does not run, and
 # the control plane beyond /healthz: starlette and what it loads, the pages, metrics, the webhook and
-# the MCP bridge are built at the first request for anything else (web/app.py `deferred`); no
-# websockets (no route takes one). apscheduler stays: it schedules the beats.
+# the MCP bridge, and uvicorn itself (h11, click) are started at the first request for anything else
+# (web/front.py); no websockets (no route takes one); no APScheduler (`_ticker.py` keeps the timetable)
 DAEMON_NEVER = {"typer", "rich", "shellingham", "anthropic", "mcp", "httpx", "httpcore", "apprise", "cryptography",
                 "acme", "josepy", "quickjs", "requests", "starlette", "anyio", "python_multipart",
-                "websockets", "jinja2"}
+                "websockets", "jinja2", "uvicorn", "h11", "click", "apscheduler", "tzlocal"}
+# ... nor the package-metadata reader and what it loads (pydantic's plugin scan, fazt_agent/__init__.py)
+METADATA = {"importlib.metadata", "email", "email.parser", "zipfile", "csv"}
 CONTROL_PLANE = {"fazt_agent.mcp", "fazt_agent.web.metrics", "fazt_agent.web.webhooks", "fazt_agent.web.approvals",
                  "fazt_agent.web.dashboard"}
 # a CLI process that writes the modules it imported to argv[1] at exit: as `python -m fazt_agent`, or
@@ -242,6 +244,7 @@ def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> No
         _, err = daemon.communicate(timeout=20)
     assert daemon.returncode == 0, err
     assert not packages(idle) & DAEMON_NEVER, sorted(packages(idle) & DAEMON_NEVER)
+    assert not idle & METADATA, sorted(idle & METADATA)
     assert not idle & UNUSED_KINDS, sorted(idle & UNUSED_KINDS)
     assert not {m for m in idle if m.startswith("fazt_agent.cli.") and m not in
                 ("fazt_agent.cli._fast", "fazt_agent.cli._bodies", "fazt_agent.cli._common")}
@@ -252,6 +255,27 @@ def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> No
     assert before == after == (200, ["content-length", "content-type", "server"], "application/json",
                                ["last_beat", "last_beat_age_s", "last_beat_status", "mcp_worker_pid", "status",
                                 "uptime_s", "version"])
+
+
+def test_pydantic_finds_no_plugins_and_never_scans_the_installed_packages() -> None:
+    """fazt_agent's stand-in for pydantic's plugin loader: models build and validate without it reading
+    any package's metadata, and pydantic still asks the loader for nothing but `get_plugins` (a pydantic
+    that asked for more would fail here, not in the daemon)."""
+    code = ("import sys, json, fazt_agent, pydantic\n"
+            "class M(pydantic.BaseModel):\n    port: int\n"
+            "from pydantic.plugin import _schema_validator\n"
+            "print(json.dumps([M(port='8080').port, 'importlib.metadata' in sys.modules, "
+            "type(M.__pydantic_validator__).__name__]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=base_env())
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [8080, False, "SchemaValidator"]
+    import pydantic
+
+    uses = []
+    for path in Path(pydantic.__file__).parent.rglob("*.py"):
+        if path.name != "_loader.py":
+            uses += [line.strip() for line in path.read_text().splitlines() if "_loader" in line]
+    assert uses == ["from ._loader import get_plugins"], uses
 
 
 def test_importing_the_code_builds_no_model() -> None:

@@ -1,15 +1,14 @@
-"""The control-plane ASGI app (Starlette) and the uvicorn server that runs it.
+"""The control-plane ASGI app (Starlette) and the uvicorn server that runs it (and the apps plane).
 
-Starlette is imported when the app of every route is built (`create_app`); until then a daemon
-answers /healthz with `Healthz` alone (`deferred`), so one that is only probed for health holds
-neither starlette nor the pages, the MCP bridge or metrics.
+The daemon imports this module only when its control plane is asked for more than /healthz
+(`front.py` answers that alone until then), so one that is only probed for health holds neither
+uvicorn nor starlette, the pages, the MCP bridge or metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -17,26 +16,22 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import uvicorn
 
 from ..errors import FaztAgentError
+from ._http import SERVER, Health, bind, health_response
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-Health = Callable[[], tuple[bool, dict[str, Any]]]
-
-
 class Healthz:
-    """GET /healthz as a bare ASGI app: 200 or 503 with `health()`'s details, in the bytes and headers
-    of starlette's JSONResponse, without importing starlette (`deferred` serves it alone)."""
+    """GET /healthz as a bare ASGI app: 200 or 503 with `health()`'s details (`front.health_response`,
+    which the front door's bare answer sends too)."""
 
     def __init__(self, health: Health):
         self.health = health
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ok, details = self.health()
-        body = json.dumps({"status": "ok" if ok else "unhealthy", **details}, ensure_ascii=False, allow_nan=False,
-                          indent=None, separators=(",", ":")).encode("utf-8")
-        await send({"type": "http.response.start", "status": 200 if ok else 503,
+        status, body = health_response(self.health)
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-length", str(len(body)).encode("latin-1")),
                                 (b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
@@ -82,27 +77,6 @@ def _mcp_first(mcp: ASGIApp, app: ASGIApp) -> ASGIApp:
     return serve
 
 
-def deferred(health: Health, build: Callable[[], ASGIApp]) -> ASGIApp:
-    """An app that answers GET and HEAD /healthz at once and builds the rest at its first other
-    request: `build()` returns the app of every route (`create_app`, /healthz included), which then
-    answers everything. Until then /healthz is answered by the same `Healthz` (starlette's route adds
-    nothing to a GET or HEAD), so it answers alike; a daemon only probed for health never imports
-    starlette nor builds the other routes."""
-    healthz = Healthz(health)
-    app: ASGIApp | None = None
-
-    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        nonlocal app
-        if app is None:
-            if scope["type"] == "http" and scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
-                await healthz(scope, receive, send)
-                return
-            app = build()
-        await app(scope, receive, send)
-
-    return serve
-
-
 class QuietServer(uvicorn.Server):
     """uvicorn without its own signal handlers (the caller owns SIGTERM/SIGINT), ticking once a second."""
 
@@ -127,28 +101,29 @@ async def start(app: ASGIApp, host: str, port: int, setting: str, *, ssl_context
     Raises:
         FaztAgentError: the address cannot be bound (`setting` names where it was configured).
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it
-    # a response sent in two writes waits ~40 ms for the client's delayed ACK
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise FaztAgentError(f"cannot listen on {listen} ({setting}): {e.strerror or e}") from None
-    sock.set_inheritable(True)
+    return await serve(app, bind(host, port, setting), ssl_context=ssl_context, what=what)
+
+
+async def serve(app: ASGIApp, sock: socket.socket, *, ssl_context: ssl.SSLContext | None = None,
+                what: str = "the control plane") -> tuple[QuietServer, asyncio.Task[None]]:
+    """Serve `app` on the listening socket `sock` (`front.bind`) with uvicorn in a task; returns once
+    it accepts connections.
+
+    Raises:
+        FaztAgentError: uvicorn failed to start.
+    """
     tls: dict[str, Any] = {"ssl_context_factory": lambda _config, _default: ssl_context} if ssl_context else {}
     # ws "none": no route takes a websocket; "auto" would load the websockets library wherever it is
-    # installed (only the tests install it: 1.5 MiB and ~8 ms of a start), "none" answers alike everywhere
+    # installed (only the tests install it: 1.5 MiB and ~8 ms of a start), "none" answers alike everywhere.
+    # server: fazt-agent, as the front door's bare /healthz says (front.py)
     server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
-                                        **tls))
+                                        server_header=False, headers=[("server", SERVER.decode())], **tls))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if task.done():
-        raise FaztAgentError(f"{what} on {listen} failed to start: {task.exception()}")
+        listen = sock.getsockname()
+        raise FaztAgentError(f"{what} on {listen[0]}:{listen[1]} failed to start: {task.exception()}")
     return server, task
 
 
