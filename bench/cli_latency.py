@@ -4,9 +4,10 @@
 Setup: an ops folder from `fazt-agent init` (the shipped `system` and `disk` checks), at medium
 autonomy with a cleanup root the policy asks about (`[constraints] cleanup_roots`, cleanup
 destructive above 1 KB, as the tests' `destructive_junk`); one `fazt-agent beat` so `status` has
-results, and `--pending` (3) halts left pending for `halts list`. Then `--runs` (20) rounds; each
-runs every command below once, as a process, in the same order, so a neighbour's load hits them
-alike; wall time from spawn to exit and the child's CPU time (user + system):
+results, and `--pending` (3) halts left pending for `halts list`. Then the daemon is started
+(`fazt-agent run`, as systemd keeps it) and `--runs` (20) rounds run; each runs every command
+below once, as a process, in the same order, so a neighbour's load hits them alike; wall time from
+spawn to exit and the child's CPU time (user + system):
 
     python -c pass                                  the interpreter alone
     python -c "import asyncio, sqlite3 + one pydantic model"   the floor of the validated path (below)
@@ -18,15 +19,20 @@ alike; wall time from spawn to exit and the child's CPU time (user + system):
     fazt-agent halts list
     fazt-agent approve N                            a fresh halt each round: before the timing, its
                                                     files are refilled and `actions run cleanup`
-                                                    asks; approving runs the cleanup
+                                                    asks; approving runs the cleanup, in the
+                                                    daemon (`answer/local.py`)
+
+Then the daemon is stopped and `--runs` more rounds time `approve, no daemon running`: the command
+answers in its own process, as it does whenever no daemon (or one that read other files) runs.
 
 The first floor row is what a command that validates the config (pydantic) and opens the Runtime
-(asyncio, aiosqlite) pays before its own code: `approve` does (the answer, the plan's re-check and
-run, the events are the Runtime's, `Executor.answer`). The second is what `status`, `events list`
-and `halts list` pay on the light read path (`fazt_agent/cli/_light.py`: sqlite3, tomllib, json,
-and the snapshot the last validated command left, `fazt_agent/_snapshot.py`); `ask` below runs such
-a validated command before every round, so the reads are measured as an owner meets them between
-two edits (the first read after an edit of the config or a definition is validated, as before).
+(asyncio, aiosqlite) pays before its own code: `approve` with no daemon does (the answer, the
+plan's re-check and run, the events are the Runtime's, `Executor.answer`). The second is what
+`status`, `events list`, `halts list` and `approve` through the daemon pay (`fazt_agent/cli/_light.py`:
+sqlite3, tomllib, json, and the snapshot the last validated command left, `fazt_agent/_snapshot.py`);
+`ask` below runs a validated command before every round, so the reads are measured as an owner
+meets them between two edits (the first read after an edit of the config or a definition is
+validated, as before).
 
 Cold start, `--starts` (10) times each, alternating: `fazt-agent run` on the same ops folder
 from spawn to the first `GET /healthz` 200 (then SIGTERM and wait), beside Debian's
@@ -71,6 +77,7 @@ FLOOR = ("import asyncio, sqlite3\nfrom pydantic import BaseModel\n\n"
          "class Model(BaseModel):\n    x: int = 0\n")
 LIGHT_FLOOR = "import sqlite3, tomllib, json, hashlib"
 COMMANDS = ("status", "events list", "halts list", "approve")
+NO_DAEMON = "approve, no daemon running"
 
 
 class BenchError(Exception):
@@ -197,6 +204,54 @@ def first_200(argv: list[str], port: int, path: str, env: dict[str, str], cwd: P
             proc.wait()
 
 
+def running_daemon(argv: list[str], ops: Ops, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`fazt-agent run` on `ops`, once /healthz answers 200 and its local socket is there."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            env=env, cwd=ops.dir)
+    sock = ops.dir / "data" / "agent.sock"
+    while time.perf_counter() - t0 < START_TIMEOUT:
+        if proc.poll() is not None:
+            raise BenchError(f"the daemon exited with {proc.returncode}")
+        conn = http.client.HTTPConnection("127.0.0.1", ops.port, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200 and sock.exists():
+                return proc
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.05)
+    stop(proc)
+    raise BenchError(f"the daemon did not answer /healthz within {START_TIMEOUT:g}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rounds(name: str, command: list[str], cli: list[str], env: dict[str, str], ops: Ops, junk: Path, pending: int,
+           wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    """One timed run of `name` (`approve` and NO_DAEMON: a fresh halt, asked for before the timing)."""
+    if name in ("approve", NO_DAEMON):
+        command = [*cli, "approve", str(ask(cli, env, ops.dir, junk / "approve"))]
+    w, c, code, out = timed(command, env, ops.dir)
+    if code != 0:
+        raise BenchError(f"`{' '.join(command[-4:])}` exited with {code}: {out.strip()[-300:]}")
+    if name in ("approve", NO_DAEMON) and "done" not in out:
+        raise BenchError(f"approve did not run the cleanup: {out.strip()}")
+    if name == "halts list" and out.count("\n") < pending:
+        raise BenchError(f"halts list shows fewer than {pending} halts: {out.strip()}")
+    wall[name].append(w)
+    cpu[name].append(c)
+
+
 def node_exporter_argv(port: int) -> list[str]:
     binary = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
     if not os.path.exists(binary):
@@ -222,35 +277,31 @@ def run(runs: int, starts: int, pending: int, agent_src: Path | None) -> dict[st
         for i in range(pending):
             ask(cli, env, ops.dir, junk / f"pending-{i}")
         monit = Monit(work / "monit")
+        argv = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "floor: asyncio, sqlite3, pydantic": [sys.executable, "-c", FLOOR],
+            "floor: sqlite3, tomllib, json": [sys.executable, "-c", LIGHT_FLOOR],
+            "monit status": monit.status_argv,
+            "status": [*cli, "status"],
+            "events list": [*cli, "events", "list", "--limit", "50"],
+            "halts list": [*cli, "halts", "list"],
+            "approve": [],
+        }
+        wall: dict[str, list[float]] = {name: [] for name in [*argv, NO_DAEMON]}
+        cpu: dict[str, list[float]] = {name: [] for name in wall}
         try:
-            argv = {
-                "python -c pass": [sys.executable, "-c", "pass"],
-                "floor: asyncio, sqlite3, pydantic": [sys.executable, "-c", FLOOR],
-                "floor: sqlite3, tomllib, json": [sys.executable, "-c", LIGHT_FLOOR],
-                "monit status": monit.status_argv,
-                "status": [*cli, "status"],
-                "events list": [*cli, "events", "list", "--limit", "50"],
-                "halts list": [*cli, "halts", "list"],
-                "approve": [],
-            }
-            for name, command in argv.items():   # warm-up: bytecode written, page cache filled
-                if command:
-                    timed(command, env, ops.dir)
-            wall: dict[str, list[float]] = {name: [] for name in argv}
-            cpu: dict[str, list[float]] = {name: [] for name in argv}
-            for _ in range(runs):
-                for name, command in argv.items():
-                    if name == "approve":
-                        command = [*cli, "approve", str(ask(cli, env, ops.dir, junk / "approve"))]
-                    w, c, code, out = timed(command, env, ops.dir)
-                    if code != 0:
-                        raise BenchError(f"`{' '.join(command[-4:])}` exited with {code}: {out.strip()[-300:]}")
-                    if name == "approve" and "done" not in out:
-                        raise BenchError(f"approve did not run the cleanup: {out.strip()}")
-                    if name == "halts list" and out.count("\n") < pending:
-                        raise BenchError(f"halts list shows fewer than {pending} halts: {out.strip()}")
-                    wall[name].append(w)
-                    cpu[name].append(c)
+            daemon = running_daemon([*cli, "run"], ops, env)   # as systemd keeps it: `approve` goes through it
+            try:
+                for name, command in argv.items():   # warm-up: bytecode written, page cache filled
+                    if command:
+                        timed(command, env, ops.dir)
+                for _ in range(runs):
+                    for name in argv:
+                        rounds(name, argv[name], cli, env, ops, junk, pending, wall, cpu)
+            finally:
+                stop(daemon)
+            for _ in range(runs):   # no daemon: the command answers in its own process (validated path)
+                rounds(NO_DAEMON, [], cli, env, ops, junk, pending, wall, cpu)
         finally:
             monit.stop()
 
@@ -293,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in report["commands"].items():
             target = (f"  target <= {COMMAND_TARGET_MS:g}  {verdict(report['met'][name])}"
                       if name in report["met"] else "")
-            label = f"fazt-agent {name}" if name in COMMANDS else name
+            label = f"fazt-agent {name}" if name in COMMANDS or name == NO_DAEMON else name
             print(f"  {label:38} {row['wall_ms']['median']:7.1f} / {row['wall_ms']['p95']:7.1f}   "
                   f"CPU {row['cpu_ms']['median']:6.1f}{target}")
         print(f"start to the first HTTP 200, {args.starts} starts each (ms: median / p95)")

@@ -43,6 +43,11 @@ _ARMED: dict[str, tuple[int, signal.Signals]] = {
 _passed: dict[str, int] = {}
 
 
+def armed() -> bool:
+    """Whether this process was given a fault point (a crash test drives it)."""
+    return bool(_ARMED)
+
+
 def crash_point(name: str) -> None:
     """Kill (or freeze) this process here when a test armed `name`; nothing otherwise."""
     if not _ARMED or name not in _ARMED:

@@ -84,6 +84,12 @@ class Daemon:
         from .answer.core import Answers
 
         self.answers = Answers(self.engine.executor, rt.config)   # every channel's way to answer a halt
+        from ._snapshot import observe
+        from .answer.local import LocalAnswers
+
+        observed = observe(rt.config.source)   # the files as this daemon read them (the CLI compares)
+        self._local = LocalAnswers(self.engine.executor, observed.stamp if observed else None, self.spawn)
+        await self._local.start(rt.config.data_dir)   # `fazt-agent approve` answers through it
         self._email: Any = None
         if rt.config.file.email.imap_host:   # email replies, read over IMAP IDLE in the background
             from .answer.email import EmailListener
@@ -120,6 +126,7 @@ class Daemon:
         self.notifier.send("STOPPING=1", f"STATUS=stopping ({self._stop_reason})")
         log.info("stopping (%s)", self._stop_reason)
         ticker.stop()
+        await self._local.stop()
         if self._email is not None:
             await self._email.stop()
         if self._slack is not None:

@@ -406,6 +406,18 @@ class WebhookRefused(EventData):
     peer: str | None = None         # the client's address
 
 
+@event_type("local.refused")
+class LocalRefused(EventData):
+    """A request on the daemon's local socket (`DATA_DIR/agent.sock`, where `fazt-agent approve` and
+    `deny` answer through the running daemon, `answer/local.py`) that answered nothing: not JSON,
+    too long, not the fields of a request. Refused answers to a halt are `halt.answer_refused`
+    (channel cli)."""
+
+    reason: str
+    peer_pid: int | None = None     # the connecting process (SO_PEERCRED)
+    peer_uid: int | None = None
+
+
 @event_type("web.login_refused")
 class WebLoginRefused(EventData):
     """A refused login on the approvals page (`web/approvals.py`): the page says only "not

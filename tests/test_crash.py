@@ -59,6 +59,13 @@ def assert_promises_kept(scene: Scene, *, halts: int = 1, runs: int | None = Non
         assert scene.runs() == runs
 
 
+def files_edited(scene: Scene) -> None:
+    """Edit config.toml (a comment) after the daemon started: `approve` then answers in its own process,
+    not through the daemon's local socket (`answer/local.py`: the daemon read other bytes)."""
+    with scene.config.open("a") as f:
+        f.write("# edited after the daemon started\n")
+
+
 def start_reports(scene: Scene) -> list[dict[str, Any]]:
     return [e["data"] for e in scene.events("agent.reconciled") if e["data"]["at_start"]]
 
@@ -123,6 +130,49 @@ def test_an_approval_whose_cli_died_right_after_the_answer_runs_exactly_once(sce
     assert resumed["halt_id"] == halt["id"] and resumed["outcome"] == "run" and resumed["answered_by"] == "cli"
     [action] = scene.rows("SELECT * FROM actions")
     assert action["requested_by"] == "cli" and action["state"] == "succeeded"
+    assert_promises_kept(scene, runs=1)
+
+
+def test_an_approval_through_the_daemon_whose_command_was_killed_while_the_plan_ran_runs_once(scene: Scene) -> None:
+    """`approve` answered by the daemon (its local socket): killing the waiting command stops
+    nothing; the plan runs to its end in the daemon, which survives the reply it cannot send."""
+    scene.flag.touch()
+    scene.hold.touch()   # the fix waits while this exists
+    daemon = scene.daemon()
+    halt = asked(scene)
+    command = scene.popen_cli("approve", str(halt["id"]))
+    wait_until("the plan to start", lambda: scene.runs() == 1)
+    command.kill()
+    command.communicate()
+    scene.hold.unlink()
+    wait_until("the approved plan to finish", lambda: scene.rows("SELECT 1 FROM actions WHERE halt_id = ? AND "
+                                                                 "state = 'succeeded'", (halt["id"],)))
+    wait_until("everything to settle", scene.settled)
+    scene.stop(daemon)
+    assert scene.events("halt.resumed") == [] and scene.events("action.interrupted") == []   # the daemon ran it
+    [action] = scene.rows("SELECT * FROM actions")
+    assert action["requested_by"] == "cli" and action["state"] == "succeeded"
+    assert_promises_kept(scene, runs=1)
+
+
+def test_a_daemon_killed_after_answering_for_the_command_runs_the_plan_once_after_restart(scene: Scene) -> None:
+    """The daemon dies between the answer and the plan while `approve` waits on its socket: the command
+    says so (exit 1) and does not answer again; the restarted daemon runs the approved plan once."""
+    scene.flag.touch()
+    daemon = scene.daemon(crash_at="halt.answered")
+    halt = asked(scene)
+    approve = scene.cli("approve", str(halt["id"]), check=False)
+    assert approve.returncode == 1 and "the daemon stopped before it answered" in approve.stderr, approve.stderr
+    scene.killed(daemon)
+    answered = scene.halts()[0]
+    assert answered["answered_by"] == "cli" and answered["execution"] == "claimed" and answered["action_id"] is None
+    daemon = scene.daemon()
+    wait_until("the approved plan to run", lambda: scene.rows("SELECT 1 FROM actions WHERE halt_id = ? AND "
+                                                              "state = 'succeeded'", (halt["id"],)))
+    wait_until("everything to settle", scene.settled)
+    scene.stop(daemon)
+    [resumed] = [e["data"] for e in scene.events("halt.resumed")]
+    assert resumed["halt_id"] == halt["id"] and resumed["outcome"] == "run" and resumed["answered_by"] == "cli"
     assert_promises_kept(scene, runs=1)
 
 
@@ -205,6 +255,7 @@ def test_a_restarting_daemon_leaves_the_cli_apply_running_alone(scene: Scene) ->
     scene.hold.touch()   # the fix waits while it exists
     daemon = scene.daemon()
     halt = asked(scene)
+    files_edited(scene)   # the command applies the plan in its own process
     approve = scene.popen_cli("approve", str(halt["id"]))
     wait_until("the CLI's apply to start", lambda: scene.runs() == 1)
     scene.kill(daemon)
@@ -231,6 +282,7 @@ def test_an_apply_whose_cli_was_killed_is_interrupted_by_the_running_daemon_and_
     scene.hold.touch()
     daemon = scene.daemon()
     halt = asked(scene)
+    files_edited(scene)   # the command applies the plan in its own process
     approve = scene.popen_cli("approve", str(halt["id"]))
     wait_until("the CLI's apply to start", lambda: scene.runs() == 1)
     approve.kill()   # its fix script, in a process group of its own, waits on (until the fixture lets it go)

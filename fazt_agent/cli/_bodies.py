@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any, AsyncIterator
 
 from ._common import (EXIT_PROBLEM, EXIT_USAGE, bounded, console, echo, fail, line, load, print_json, run, runtime,
-                      styled)
+                      state, styled)
 
 # -- run ---------------------------------------------------------------------------------------
 
@@ -195,10 +195,18 @@ def result_word(outcome: dict[str, Any] | None) -> str:
 
 
 def answer(halt_id: int, option: str, note: str | None, as_json: bool, server: str | None = None) -> None:
-    """Answer a halt with `option`; exit 1 when the plan ran and failed."""
+    """Answer a halt with `option`; exit 1 when the plan ran and failed. The running daemon answers
+    when there is one that read the files as they are now (`answer/local.py`); else this process."""
+    bounded(halt_id, "halt id")
+    if server is None:
+        forwarded = _through_daemon(halt_id, option, note)
+        if forwarded is not None:
+            if not forwarded.get("ok"):
+                fail(str(forwarded.get("error") or "the daemon refused the answer"))
+            print_answer(halt_id, option, forwarded["result"], as_json)
+            return
     from ..halt.store import HaltError
 
-    bounded(halt_id, "halt id")
     # approving runs the plan under the policy and kernel settings: not with part of them; any
     # other answer (deny) runs nothing and must always work
     acts = f"approving halt {halt_id}" if option == "approve" else None
@@ -217,6 +225,28 @@ def answer(halt_id: int, option: str, note: str | None, as_json: bool, server: s
             result = run(body)
     except HaltError as e:  # raised inside run() only if not a FaztAgentError subclass
         fail(str(e))
+    print_answer(halt_id, option, result, as_json)
+
+
+def _through_daemon(halt_id: int, option: str, note: str | None) -> dict[str, Any] | None:
+    """The running daemon's reply to the answer (`answer/local.py`), or None: this process answers."""
+    from .. import _faults, _snapshot
+    from ..answer.local import DaemonGone, forward
+
+    if _faults.armed():
+        return None   # a crash test kills this command at a fault point of the answer: it must answer here
+    observed = _snapshot.observe(state.config_path)
+    if observed is None:
+        return None   # the light reader cannot tell what the files are: the validated path decides
+    try:
+        return forward(observed.data_dir, observed.stamp, halt_id, option, note)
+    except DaemonGone as e:
+        fail(f"the daemon stopped before it answered halt {halt_id} ({e})",
+             hint="`fazt-agent halts list --all` shows whether the answer was recorded")
+
+
+def print_answer(halt_id: int, option: str, result: dict[str, Any], as_json: bool) -> None:
+    """What `approve`/`deny` print, and exit 1 when the plan ran and failed."""
     if as_json:
         print_json(result)
     elif result.get("replanned"):

@@ -12,8 +12,9 @@ would: no or a stale snapshot, a `${NAME}` in the config, `--server`, a `--since
 duration, a database that
 is missing or of another schema version, a halt whose reminder or expiry is due (`halts list`
 sends and expires them first), a plan row of an unknown form, any SQLite error. The validated path
-then runs as before and writes a new snapshot. `approve`/`deny` always take the validated path:
-the answer, the plan's re-check and run, the event and the hash chain are `Executor.answer`'s.
+then runs as before and writes a new snapshot. `approve`/`deny` never answer here: the answer, the
+plan's re-check and run, the event and the hash chain are `Executor.answer`'s, in the running daemon
+(`answer/local.py`, which they ask first) or in the command's own validated process.
 """
 
 from __future__ import annotations
