@@ -87,6 +87,16 @@ def make_ops(parent: Path, *, pulse_interval: str | None = None) -> Ops:
     return Ops(directory, port)
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """SIGTERM and wait; SIGKILL after `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation between the closest ranks."""
     ordered = sorted(values)

@@ -40,7 +40,7 @@ import psutil
 import tomli_w
 import tomllib
 
-from _common import MB, clean_env, free_port, make_ops, print_json, verdict
+from _common import MB, clean_env, free_port, make_ops, print_json, terminate, verdict
 
 RSS_TARGET_MB = 40.0   # bench/idle.py's: the apps plane must not move the idle daemon's target
 SERVERLESS_SHARE = 0.5
@@ -100,15 +100,6 @@ def start_daemon(config: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=clean_env())
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def nginx(root: Path, tmp: Path, port: int) -> subprocess.Popen[str]:
     conf = tmp / "nginx.conf"
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -155,7 +146,7 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{ops.port}/healthz", f"127.0.0.1:{ops.port}")
         time.sleep(3)
         result["rss_no_apps_mb"] = rss_mb(proc.pid)
-        stop(proc)
+        terminate(proc)
 
         for source, name in ((site, "site"), (fn, "fn")):
             done = cli(ops.config, "deploy", str(source), "--name", name, "--json")
@@ -205,7 +196,7 @@ def main() -> int:
         finally:
             ng.send_signal(signal.SIGQUIT)
             ng.wait(10)
-            stop(proc)
+            terminate(proc)
     share = result["apps_serverless"]["rps"] / result["apps_static"]["rps"]
     result["serverless_share_of_static"] = share
     result["static_share_of_nginx"] = result["apps_static"]["rps"] / result["nginx_static"]["rps"]

@@ -68,7 +68,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Ops, clean_env, free_port, make_ops, print_json, stats, verdict
+from _common import Ops, clean_env, free_port, make_ops, print_json, stats, terminate, verdict
 
 COMMAND_TARGET_MS = 100.0
 START_TARGET_MS = 200.0
@@ -196,12 +196,7 @@ def first_200(argv: list[str], port: int, path: str, env: dict[str, str], cwd: P
                 conn.close()
         raise BenchError(f"{path} did not answer 200 within {START_TIMEOUT:g}s")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def running_daemon(argv: list[str], ops: Ops, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -223,17 +218,8 @@ def running_daemon(argv: list[str], ops: Ops, env: dict[str, str]) -> subprocess
         finally:
             conn.close()
         time.sleep(0.05)
-    stop(proc)
+    terminate(proc)
     raise BenchError(f"the daemon did not answer /healthz within {START_TIMEOUT:g}s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def rounds(name: str, command: list[str], cli: list[str], env: dict[str, str], ops: Ops, junk: Path, pending: int,
@@ -299,7 +285,7 @@ def run(runs: int, starts: int, pending: int, agent_src: Path | None) -> dict[st
                     for name in argv:
                         rounds(name, argv[name], cli, env, ops, junk, pending, wall, cpu)
             finally:
-                stop(daemon)
+                terminate(daemon)
             for _ in range(runs):   # no daemon: the command answers in its own process (validated path)
                 rounds(NO_DAEMON, [], cli, env, ops, junk, pending, wall, cpu)
         finally:

@@ -59,6 +59,16 @@ def assert_promises_kept(scene: Scene, *, halts: int = 1, runs: int | None = Non
         assert scene.runs() == runs
 
 
+def resumed_once(scene: Scene, daemon: subprocess.Popen[str], halt_id: int) -> None:
+    """The daemon runs the plan of a halt approved on the command line, claimed and left unrun; then stops."""
+    wait_until("the approved plan to run", lambda: scene.rows("SELECT 1 FROM actions WHERE halt_id = ? AND "
+                                                              "state = 'succeeded'", (halt_id,)))
+    wait_until("everything to settle", scene.settled)
+    scene.stop(daemon)
+    [resumed] = [e["data"] for e in scene.events("halt.resumed")]
+    assert resumed["halt_id"] == halt_id and resumed["outcome"] == "run" and resumed["answered_by"] == "cli"
+
+
 def files_edited(scene: Scene) -> None:
     """Edit config.toml (a comment) after the daemon started: `approve` then answers in its own process,
     not through the daemon's local socket (`answer/local.py`: the daemon read other bytes)."""
@@ -122,12 +132,7 @@ def test_an_approval_whose_cli_died_right_after_the_answer_runs_exactly_once(sce
     if restart:
         scene.kill(daemon)
         daemon = scene.daemon()
-    wait_until("the approved plan to run", lambda: scene.rows("SELECT 1 FROM actions WHERE halt_id = ? AND "
-                                                              "state = 'succeeded'", (halt["id"],)))
-    wait_until("everything to settle", scene.settled)
-    scene.stop(daemon)
-    [resumed] = [e["data"] for e in scene.events("halt.resumed")]
-    assert resumed["halt_id"] == halt["id"] and resumed["outcome"] == "run" and resumed["answered_by"] == "cli"
+    resumed_once(scene, daemon, halt["id"])
     [action] = scene.rows("SELECT * FROM actions")
     assert action["requested_by"] == "cli" and action["state"] == "succeeded"
     assert_promises_kept(scene, runs=1)
@@ -167,12 +172,7 @@ def test_a_daemon_killed_after_answering_for_the_command_runs_the_plan_once_afte
     answered = scene.halts()[0]
     assert answered["answered_by"] == "cli" and answered["execution"] == "claimed" and answered["action_id"] is None
     daemon = scene.daemon()
-    wait_until("the approved plan to run", lambda: scene.rows("SELECT 1 FROM actions WHERE halt_id = ? AND "
-                                                              "state = 'succeeded'", (halt["id"],)))
-    wait_until("everything to settle", scene.settled)
-    scene.stop(daemon)
-    [resumed] = [e["data"] for e in scene.events("halt.resumed")]
-    assert resumed["halt_id"] == halt["id"] and resumed["outcome"] == "run" and resumed["answered_by"] == "cli"
+    resumed_once(scene, daemon, halt["id"])
     assert_promises_kept(scene, runs=1)
 
 
