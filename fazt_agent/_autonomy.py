@@ -6,9 +6,8 @@ level in force is chosen. No pydantic, no asyncio: the Runtime and the CLI's lig
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Autonomy = Literal["low", "medium", "high"]
 LEVELS: tuple[Autonomy, ...] = ("low", "medium", "high")
@@ -19,8 +18,7 @@ PAUSED_BY_SQL = ("SELECT ts, json_extract(data, '$.by') AS by FROM events WHERE 
                  " ORDER BY id DESC LIMIT 1")
 
 
-@dataclass(frozen=True)
-class Override:
+class Override(NamedTuple):
     """An autonomy level set at run time (`fazt-agent autonomy`, MCP), kept in the settings table.
 
     It holds while the config file still says what it said when the override was set: an edit of
@@ -33,7 +31,7 @@ class Override:
     config: Autonomy | None = None   # the file's level then; None for one stored by an older version
 
     def to_setting(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps(self._asdict())
 
     @classmethod
     def parse(cls, text: str | None) -> Override | None:
@@ -50,8 +48,7 @@ class Override:
         return override if override.level in LEVELS and override.config in (None, *LEVELS) else None
 
 
-@dataclass(frozen=True)
-class AutonomyState:
+class AutonomyState(NamedTuple):
     """The autonomy level in force, where it comes from, and what the config file says."""
 
     level: Autonomy
@@ -73,7 +70,7 @@ class AutonomyState:
         return f"{self.level} (from {name})" if name else f"{self.level} (the default: no config file)"
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "summary": self.summary}
+        return {**self._asdict(), "summary": self.summary}
 
 
 def in_force(level: Autonomy, file: str | None, override: Override | None, problem: str | None = None) -> AutonomyState:

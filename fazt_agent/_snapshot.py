@@ -24,9 +24,8 @@ import hashlib
 import json
 import os
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from ._config_paths import DEFINITION_FOLDERS, find_config, resolve_paths, shipped_defaults
 from .errors import ConfigError
@@ -35,8 +34,7 @@ FILE = "cli-snapshot.json"
 FORMAT = 2
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(NamedTuple):
     """Where the inputs of the validated load are, and the stamp of their contents now."""
 
     source: Path | None

@@ -12,15 +12,14 @@ Messages say what was wrong and how to fix it, so the CLI can print them as they
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class FaztAgentError(Exception):
     """Root of every error fazt-agent raises on purpose."""
 
 
-@dataclass(frozen=True)
-class Issue:
+class Issue(NamedTuple):
     """One problem in one file: printed as `FILE:KEY: message`."""
 
     file: str

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_DIGITS = 18   # beyond this typer decides (a number too large for SQLite, its bounds)
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     """One option (flags) or, without flags, the next positional argument."""
 
     name: str                      # the keyword of the body
@@ -40,8 +38,7 @@ class Param:
     required: bool = False
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     body: str                      # the function of `_bodies` that runs it
     params: tuple[Param, ...] = ()
     light: bool = False            # `_light` may answer it (reads the store only), before `_bodies`
