@@ -11,7 +11,7 @@ spawn to exit and the child's CPU time (user + system):
 
     python -c pass                                  the interpreter alone
     python -c "import asyncio, sqlite3 + one pydantic model"   the floor of the validated path (below)
-    python -c "import sqlite3, tomllib, json, hashlib"  the floor of the light read path (below)
+    python -c "import sqlite3, tomllib, json, _sha256"  the floor of the light read path (below)
     monit status                                    Debian's Monit, its daemon running on a unix
                                                     socket with a system and a filesystem check
     fazt-agent status
@@ -75,7 +75,7 @@ START_TARGET_MS = 200.0
 START_TIMEOUT = 30.0
 FLOOR = ("import asyncio, sqlite3\nfrom pydantic import BaseModel\n\n"
          "class Model(BaseModel):\n    x: int = 0\n")
-LIGHT_FLOOR = "import sqlite3, tomllib, json, hashlib"
+LIGHT_FLOOR = "import sqlite3, tomllib, json, _sha256"
 COMMANDS = ("status", "events list", "halts list", "approve")
 NO_DAEMON = "approve, no daemon running"
 
@@ -270,7 +270,7 @@ def run(runs: int, starts: int, pending: int, agent_src: Path | None) -> dict[st
         argv = {
             "python -c pass": [sys.executable, "-c", "pass"],
             "floor: asyncio, sqlite3, pydantic": [sys.executable, "-c", FLOOR],
-            "floor: sqlite3, tomllib, json": [sys.executable, "-c", LIGHT_FLOOR],
+            "floor: sqlite3, tomllib, json, sha256": [sys.executable, "-c", LIGHT_FLOOR],
             "monit status": monit.status_argv,
             "status": [*cli, "status"],
             "events list": [*cli, "events", "list", "--limit", "50"],

@@ -20,12 +20,19 @@ Imports neither pydantic nor asyncio.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
+
+try:   # the C module hashlib falls back to, without OpenSSL: ~0.3 ms to import where hashlib takes ~5 (same digest)
+    from _sha256 import sha256   # CPython 3.11
+except ImportError:   # pragma: no cover - other Pythons
+    try:
+        from _sha2 import sha256   # type: ignore[no-redef]  # CPython 3.12+
+    except ImportError:
+        from hashlib import sha256   # type: ignore[no-redef]
 
 from ._config_paths import DEFINITION_FOLDERS, find_config, resolve_paths, shipped_defaults
 from .errors import ConfigError
@@ -52,7 +59,7 @@ def observe(explicit: Path | None, env: Mapping[str, str] | None = None, cwd: Pa
         source = find_config(explicit, env, Path.cwd() if cwd is None else cwd)
     except (ConfigError, OSError):
         return None
-    digest = hashlib.sha256(f"{FORMAT}\0{_code_stamp()}\0".encode())
+    digest = sha256(f"{FORMAT}\0{_code_stamp()}\0".encode())
     data: dict[str, Any] = {}
     if source is not None:
         source = source.absolute()
@@ -128,7 +135,7 @@ def _code_stamp() -> str:
             elif entry.name.endswith((".py", ".md", ".toml")):
                 st = entry.stat()
                 found.append(f"{entry.path}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(sorted(found)).encode()).hexdigest()
+    return sha256("\n".join(sorted(found)).encode()).hexdigest()
 
 
 def save(observed: Observed, facts: dict[str, Any]) -> None:

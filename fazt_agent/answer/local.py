@@ -25,14 +25,12 @@ is refused with `ok: false` and recorded as `local.refused`.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import struct
 from pathlib import Path
 from typing import Any, Callable
 
-log = logging.getLogger(__name__)
 SOCKET = "agent.sock"
 MAX_REQUEST = 64 * 1024
 READ_TIMEOUT = 10.0
@@ -79,6 +77,12 @@ def forward(data_dir: Path, stamp: str, halt_id: int, option: str, note: str | N
     return reply
 
 
+def _log() -> Any:
+    import logging   # the daemon's side only: the command's side imports no logging
+
+    return logging.getLogger(__name__)
+
+
 class LocalAnswers:
     """The daemon's end: answers on `DATA_DIR/agent.sock` through `executor` (`Executor`), each
     answer spawned with `spawn` (so the daemon's drain waits for a plan that is running)."""
@@ -104,7 +108,7 @@ class LocalAnswers:
                 os.umask(umask)
             os.chmod(path, 0o600)
         except OSError as e:
-            log.warning("no local socket at %s (%s): `fazt-agent approve` answers in its own process", path,
+            _log().warning("no local socket at %s (%s): `fazt-agent approve` answers in its own process", path,
                         e.strerror or e)
             return
         self.path = path
@@ -154,7 +158,7 @@ class LocalAnswers:
         except FaztAgentError as e:   # HaltError among them: already recorded as a refusal where it is one
             reply = {"ok": False, "error": str(e)}
         except Exception as e:   # supervisor boundary: one request never stops the daemon
-            log.exception("answering halt %s from the command line failed", request["halt"])
+            _log().exception("answering halt %s from the command line failed", request["halt"])
             reply = {"ok": False, "error": f"the daemon could not answer ({type(e).__name__}); see its log"}
         if not done.done():
             done.set_result(reply)
@@ -162,12 +166,12 @@ class LocalAnswers:
     async def _refused(self, reason: str, peer: dict[str, int | None]) -> None:
         from ..event_types import LocalRefused
 
-        log.warning("local socket: refused a request (%s)", reason)
+        _log().warning("local socket: refused a request (%s)", reason)
         try:
             await self.executor.rt.events.emit("local.refused", LocalRefused(reason=reason[:500], **peer),
                                                source="local")
         except Exception:  # supervisor boundary: the refusal is answered all the same
-            log.exception("could not record local.refused")
+            _log().exception("could not record local.refused")
 
 
 def _request(line: bytes) -> dict[str, Any]:

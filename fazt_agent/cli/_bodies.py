@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, AsyncIterator
 
-from ._common import (EXIT_PROBLEM, EXIT_USAGE, bounded, console, echo, fail, line, load, print_json, run, runtime,
-                      state, styled)
+from ._common import (EXIT_PROBLEM, EXIT_USAGE, bounded, cli_logging, console, echo, fail, line, load, print_json,
+                      run, runtime, state, styled)
 
 # -- run ---------------------------------------------------------------------------------------
 
@@ -205,6 +205,7 @@ def answer(halt_id: int, option: str, note: str | None, as_json: bool, server: s
                 fail(str(forwarded.get("error") or "the daemon refused the answer"))
             print_answer(halt_id, option, forwarded["result"], as_json)
             return
+    cli_logging()   # answered here: this process logs (the fast path leaves it to this point; again is harmless)
     from ..halt.store import HaltError
 
     # approving runs the plan under the policy and kernel settings: not with part of them; any

@@ -85,7 +85,8 @@ def run_fast(argv: list[str]) -> None:
         from . import _bodies
         from ._common import cli_logging
 
-        cli_logging()
+        if body not in ("approve", "deny"):   # those set logging up when they answer here, not through the daemon
+            cli_logging()
         getattr(_bodies, body)(**kwargs)
     except KeyboardInterrupt:
         raise SystemExit(130) from None   # as typer: quietly, 128 + SIGINT
