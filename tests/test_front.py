@@ -172,3 +172,29 @@ async def test_the_address_in_use_names_the_setting(front: Any) -> None:
     other = Front(lambda: (True, {}), lambda: None)
     with pytest.raises(FaztAgentError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(\[http\] listen\)"):
         await other.start("127.0.0.1", front.port, "[http] listen")
+
+
+async def test_uvicorn_failing_to_start_leaves_the_bare_door_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fazt_agent.web import app as app_module
+
+    real, calls = app_module.serve, []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("uvicorn would not start")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "serve", flaky)
+    door = Front(lambda: (True, {"state": "bare"}), lambda: full_app([]))
+    await door.start("127.0.0.1", 0, "[http] listen")
+    port = door.sock.getsockname()[1]   # type: ignore[union-attr]
+    try:
+        async with httpx.AsyncClient() as client:
+            first = await client.get(f"http://127.0.0.1:{port}/x")
+            healthz = await client.get(f"http://127.0.0.1:{port}/healthz")
+            second = await client.get(f"http://127.0.0.1:{port}/x")
+        assert first.status_code == 503 and healthz.json()["state"] == "bare"
+        assert second.status_code == 200 and second.json()["path"] == "/x" and len(calls) == 2
+    finally:
+        await door.stop()

@@ -67,7 +67,11 @@ class Front:
         assert self.sock is not None and self._bare is not None
         app = self.build()
         self._bare.close()   # new connections wait in the backlog for uvicorn
-        self.server, self.task = await serve(app, self.sock)
+        try:
+            self.server, self.task = await serve(app, self.sock)
+        except BaseException:   # the bare door again, so /healthz still answers and the next request retries
+            self._bare = await asyncio.get_running_loop().create_server(lambda: _Bare(self), sock=self.sock.dup())
+            raise
 
     def _give(self, conn: _Bare, upgrade: asyncio.Task[None]) -> None:
         self._bare_conns.discard(conn)
@@ -109,7 +113,7 @@ class Front:
 
 
 class _Bare(asyncio.Protocol):
-    """One connection before uvicorn: reads one request head; answers /healthz or hands over."""
+    """One connection before uvicorn: answers each /healthz request head, hands the first other one over."""
 
     def __init__(self, front: Front):
         self.front = front
