@@ -1,5 +1,5 @@
 """Running one child process (kernel actions, hooks, `command` checks): argv only, own process
-group, hard timeout.
+group, hard timeout. And `peer_credentials`: which process is at the other end of a unix socket.
 
 No shell, `start_new_session=True`, and the whole process group is killed (and the child reaped)
 on timeout or when the caller is cancelled. Output goes to unlinked temporary files rather than
@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import struct
 import tempfile
 from asyncio.subprocess import DEVNULL
 from dataclasses import dataclass
@@ -95,3 +97,14 @@ def _head(file: IO[bytes], limit: int) -> str:
 def cannot_start(argv: list[str], error: OSError) -> str:
     """A readable message for an `OSError` from `run`."""
     return f"cannot run {argv[0]!r}: {error.strerror or error}"
+
+
+def peer_credentials(transport: asyncio.BaseTransport) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end of a unix socket connection (SO_PEERCRED), or None."""
+    sock = transport.get_extra_info("socket")
+    try:
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+    except (OSError, AttributeError, struct.error):
+        return None
+    return int(pid), int(uid)

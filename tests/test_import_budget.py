@@ -259,6 +259,13 @@ def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> No
                                 "uptime_s", "version"])
 
 
+def printed(code: str) -> Any:
+    """What `python -c code` prints, as JSON (the process must succeed)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=base_env())
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_pydantic_finds_no_plugins_and_never_scans_the_installed_packages() -> None:
     """fazt_agent's stand-in for pydantic's plugin loader: models build and validate without it reading
     any package's metadata, and pydantic still asks the loader for nothing but `get_plugins` (a pydantic
@@ -268,9 +275,7 @@ def test_pydantic_finds_no_plugins_and_never_scans_the_installed_packages() -> N
             "from pydantic.plugin import _schema_validator\n"
             "print(json.dumps([M(port='8080').port, 'importlib.metadata' in sys.modules, "
             "type(M.__pydantic_validator__).__name__]))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=base_env())
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [8080, False, "SchemaValidator"]
+    assert printed(code) == [8080, False, "SchemaValidator"]
     import pydantic
 
     uses = []
@@ -295,9 +300,7 @@ def test_importing_the_code_builds_no_model() -> None:
             "ours = {m for m in every(pydantic.BaseModel) if m.__module__.startswith('fazt_agent.')}\n"
             "print(json.dumps([len(ours), sorted(f'{m.__module__}.{m.__qualname__}' for m in ours "
             "if m.__pydantic_complete__)]))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=base_env())
-    assert result.returncode == 0, result.stderr
-    count, built = json.loads(result.stdout)
+    count, built = printed(code)
     assert count > 100 and built == [], built
 
 

@@ -27,14 +27,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 from pathlib import Path
 from typing import Any, Callable
 
 SOCKET = "agent.sock"
 MAX_REQUEST = 64 * 1024
 READ_TIMEOUT = 10.0
-INT64_MAX = 2**63 - 1
 FIELDS = {"op", "halt", "option", "note", "stamp"}
 
 
@@ -176,6 +174,8 @@ class LocalAnswers:
 
 def _request(line: bytes) -> dict[str, Any]:
     """The request in `line`, checked. Raises ValueError saying what is wrong with it."""
+    from ..units import INT64_MAX   # SQLite's largest integer, as every halt id bound
+
     if not line.endswith(b"\n"):
         raise ValueError("no complete request line")
     try:
@@ -200,10 +200,7 @@ def _request(line: bytes) -> dict[str, Any]:
 
 def _peer(writer: Any) -> dict[str, int | None]:
     """The connecting process's pid and uid (SO_PEERCRED), for the record."""
-    try:
-        sock = writer.get_extra_info("socket")
-        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                             struct.calcsize("3i")))
-        return {"peer_pid": pid, "peer_uid": uid}
-    except (OSError, AttributeError, struct.error):
-        return {"peer_pid": None, "peer_uid": None}
+    from .._proc import peer_credentials
+
+    pid, uid = peer_credentials(writer.transport) or (None, None)
+    return {"peer_pid": pid, "peer_uid": uid}

@@ -38,13 +38,12 @@ import logging
 import os
 import re
 import secrets
-import socket
-import struct
 from collections import deque
 from typing import Any, Awaitable, Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._proc import peer_credentials
 from ._frames import (BODY, CHUNK, END, NUL, REQUEST, START, BridgeError, Frames, frame, join, read_request,
                       read_start, request_frame)
 
@@ -77,12 +76,8 @@ def _os_address(address: str) -> str:
 
 def _peer_pid(transport: asyncio.BaseTransport) -> int | None:
     """The process id at the other end of a unix socket connection (SO_PEERCRED)."""
-    sock = transport.get_extra_info("socket")
-    try:
-        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    except (OSError, AttributeError):
-        return None
-    return int(pid)
+    peer = peer_credentials(transport)
+    return peer[0] if peer else None
 
 
 # -- the daemon's side ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 class Healthz:
-    """GET /healthz as a bare ASGI app: 200 or 503 with `health()`'s details (`front.health_response`,
+    """GET /healthz as a bare ASGI app: 200 or 503 with `health()`'s details (`_http.health_response`,
     which the front door's bare answer sends too)."""
 
     def __init__(self, health: Health):
@@ -106,7 +106,7 @@ async def start(app: ASGIApp, host: str, port: int, setting: str, *, ssl_context
 
 async def serve(app: ASGIApp, sock: socket.socket, *, ssl_context: ssl.SSLContext | None = None,
                 what: str = "the control plane") -> tuple[QuietServer, asyncio.Task[None]]:
-    """Serve `app` on the listening socket `sock` (`front.bind`) with uvicorn in a task; returns once
+    """Serve `app` on the listening socket `sock` (`_http.bind`) with uvicorn in a task; returns once
     it accepts connections.
 
     Raises:
