@@ -179,7 +179,9 @@ def remember(observed: Observed, explicit: Path | None, rt: Any) -> None:
     again = observe(explicit)
     if again is None or again.stamp != observed.stamp:
         return
+    http = config.file.http
     save(observed, {
+        "http": {"enabled": http.enabled, "host": http.host, "port": http.port},   # the daemon's start (`_start`)
         "autonomy": config.agent.autonomy, "personality": config.agent.personality,
         "interval": config.file.pulse.interval, "checks": [c.name for c in rt.pulse.checks],
         "broken": broken_summary(rt.issues) if rt.issues else None, "warnings": [str(w) for w in config.warnings],

@@ -33,10 +33,18 @@ BeatHook = Callable[[BeatResult], Awaitable[None]]
 
 
 class Daemon:
-    def __init__(self, config: Config, *, notifier: Notifier | None = None):
+    """The daemon on a validated `config`. `_start.py` may hand it what it opened before validating:
+    the data dir's `lock`, held; the control plane's `front` door, listening; the `observed` inputs of
+    the load (`_snapshot`: the stamp the CLI compares, the snapshot written for the next start); the
+    monotonic time the process `started`."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None, lock: DataDirLock | None = None,
+                 front: Any = None, observed: Any = None, started: float | None = None):
         self.config = config
         self.notifier = notifier or Notifier()
-        self.lock = DataDirLock(config.data_dir)
+        self.lock = lock or DataDirLock(config.data_dir)
+        self._warm_front = front   # web.front.Front, opened before this daemon existed; adopted by _start_http
+        self._observed = observed
         self.stop_event = asyncio.Event()
         self.after_beat: list[BeatHook] = []
         self.runtime: Runtime | None = None
@@ -45,7 +53,7 @@ class Daemon:
         self._apps: Any = None  # the apps plane's listener (fazt_agent.apps.plane.AppsListener)
         self._dashboard: Any = None   # the dashboard's pages (fazt_agent.web.dashboard.Dashboard)
         self._inflight: dict[asyncio.Task[None], tuple[str, datetime]] = {}
-        self._started = time.monotonic()
+        self._started = time.monotonic() if started is None else started
         self._last_beat: BeatResult | None = None
         self._last_beat_mono: float | None = None
         self._stop_reason = "stopped"
@@ -59,7 +67,8 @@ class Daemon:
             LockError: another daemon runs on the same data dir.
             ConfigError, StoreError: the configuration or database cannot be used.
         """
-        self.lock.acquire()
+        if not self.lock.held:
+            self.lock.acquire()
         try:
             self.runtime = await Runtime.open(self.config)
             try:
@@ -67,6 +76,8 @@ class Daemon:
             finally:
                 await self.runtime.close()
         finally:
+            if self._warm_front is not None:   # never adopted: the start failed before the control plane
+                await self._warm_front.stop()
             self.lock.release()
             self.notifier.close()
 
@@ -87,7 +98,9 @@ class Daemon:
         from ._snapshot import observe
         from .answer.local import LocalAnswers
 
-        observed = observe(rt.config.source)   # the files as this daemon read them (the CLI compares)
+        if self._observed is None:   # the files as this daemon read them (the CLI compares)
+            self._observed = observe(rt.config.source)
+        observed = self._observed
         self._local = LocalAnswers(self.engine.executor, observed.stamp if observed else None, self.spawn)
         await self._local.start(rt.config.data_dir)   # `fazt-agent approve` answers through it
         self._email: Any = None
@@ -121,6 +134,7 @@ class Daemon:
         log.debug("notify urls: %s", rt.config.file.notify.urls or "none (notifications go to this log)")
         log.info("fazt-agent %s started: %d checks, data dir %s", __version__, len(rt.pulse.checks),
                  rt.config.data_dir)
+        self._remember(rt)
         await self.stop_event.wait()
 
         self.notifier.send("STOPPING=1", f"STATUS=stopping ({self._stop_reason})")
@@ -145,6 +159,17 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         return 0
+
+    def _remember(self, rt: Runtime) -> None:
+        """The snapshot of this validated load (`_snapshot`), so that the next start and the CLI's reads
+        need not validate again while nothing changes."""
+        from . import _snapshot
+
+        if self._observed is not None:
+            try:
+                _snapshot.remember(self._observed, rt.config.source, rt)
+            except Exception:   # only a cache: the next start validates first
+                log.warning("could not write the snapshot of the validated configuration", exc_info=True)
 
     def stop(self, reason: str = "stopped") -> None:
         self._stop_reason = reason
@@ -278,7 +303,7 @@ class Daemon:
         interval = self.runtime.config.file.pulse.interval
         slack = 3 * interval + self.runtime.config.file.pulse.timeout
         now = time.monotonic()
-        details: dict[str, Any] = {"version": __version__, "uptime_s": round(now - self._started, 1),
+        details: dict[str, Any] = {"version": __version__, "uptime_s": round(now - self._started, 1), "ready": True,
                                    "mcp_worker_pid": self._mcp.pid if self._mcp is not None else None}
         if self._last_beat is None or self._last_beat_mono is None:
             details["last_beat"] = None
@@ -297,12 +322,18 @@ class Daemon:
         dashboard, ~5 MiB and ~120 ms) at the first request for anything else, so a daemon that is
         only probed for health never holds them."""
         http = rt.config.file.http
+        front, self._warm_front = self._warm_front, None
+        if front is not None and (not http.enabled or front.address != (http.host, http.port)):
+            await front.stop()   # the file was edited since the snapshot its door was opened from
+            front = None
         if not http.enabled:
             return None
-        from .web.front import Front
+        if front is None:
+            from .web.front import Front
 
-        front = Front(self.health, lambda: self._control_plane(rt))
-        await front.start(http.host, http.port, "[http] listen")
+            front = Front(self.health)
+            await front.start(http.host, http.port, "[http] listen")
+        front.adopt(self.health, lambda: self._control_plane(rt))
         log.info("control plane on http://%s", http.listen)
         return front
 

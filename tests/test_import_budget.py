@@ -255,7 +255,7 @@ def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> No
     assert {"fazt_agent.pulse.system", "fazt_agent.pulse.disk", "psutil"} <= idle   # what its beat runs
     assert CONTROL_PLANE | {"starlette"} <= served | packages(served), sorted(CONTROL_PLANE - served)
     assert before == after == (200, ["content-length", "content-type", "server"], "application/json",
-                               ["last_beat", "last_beat_age_s", "last_beat_status", "mcp_worker_pid", "status",
+                               ["last_beat", "last_beat_age_s", "last_beat_status", "mcp_worker_pid", "ready", "status",
                                 "uptime_s", "version"])
 
 

@@ -19,12 +19,19 @@ from ._common import (EXIT_PROBLEM, EXIT_USAGE, bounded, cli_logging, console, e
 
 def run_daemon(log_format: str | None = None, log_level: str | None = None) -> None:
     """Run the daemon in the foreground (what the systemd unit starts)."""
-    from ..daemon import Daemon
+    from .. import _start
+    from ..errors import FaztAgentError
     from ._common import service_logging
 
-    config = load()
-    service_logging(log_level or config.file.log.level, log_format or config.file.log.format)
-    raise SystemExit(run(lambda: Daemon(config).run()))
+    try:
+        observed, known = _start.observe(state.config_path)   # /healthz before validating, when known good
+    except FaztAgentError as e:   # another daemon holds the data dir
+        fail(str(e))
+
+    def ready(config: Any) -> None:
+        service_logging(log_level or config.file.log.level, log_format or config.file.log.format)
+
+    raise SystemExit(run(lambda: _start.serve(observed, known, load, ready)))
 
 
 # -- status ------------------------------------------------------------------------------------

@@ -157,13 +157,13 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     """Run an async command body, turning our errors into one-line messages."""
     import asyncio   # here: the light read path (`_light`) imports this module and never runs a loop
 
-    from ..definitions import DefinitionsBroken
-
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except DefinitionsBroken as e:
-        report_broken(e)
     except ConfigError as e:
+        from ..definitions import DefinitionsBroken   # here: `run` opens its door before pydantic loads
+
+        if isinstance(e, DefinitionsBroken):
+            report_broken(e)
         report_config_error(e)
     except FaztAgentError as e:
         fail(str(e))

@@ -29,13 +29,12 @@ from typing import Any, Callable
 
 from .. import _snapshot
 from .._autonomy import AUTONOMY_KEY, PAUSED_BY_SQL, PAUSED_KEY, Override, in_force
-from .._migrations import MIGRATIONS
+from .._ready_db import APPLICATION_ID, open_ready  # noqa: F401  (APPLICATION_ID: compared by the tests)
 from .._rows import halt_json
 from .._sql import CALLS_SINCE, LATEST, TOKENS_AND_USD_SINCE, events_listed, events_select
 from ..clock import iso, parse_iso
 from ._common import state, warn_broken
 
-APPLICATION_ID = 0x46415A54   # store.APPLICATION_ID ("FAZT"; compared by the tests)
 
 
 class Declined(Exception):
@@ -54,35 +53,17 @@ def run(body: str, kwargs: dict[str, Any]) -> bool:
             return False
         if bool(os.environ.get(facts["llm_key_env"])) != facts["llm_key_set"]:
             return False   # the key came or went: the LLM note (or its budget) changes
-        db = _open(observed.data_dir / "fazt-agent.db")
+        db = open_ready(observed.data_dir / "fazt-agent.db")
         try:
             show = command(db, facts, observed, **{k: v for k, v in kwargs.items() if k != "server"})
         finally:
             db.close()
-    except Exception:   # Declined, a busy or broken database, a row or snapshot of an odd form: nothing
+    except Exception:   # Declined, NotReady, a busy or broken database, a row or snapshot of an odd form: nothing
         return False    # is printed yet, and the validated path says what it always said about it
     if facts["broken"]:   # what runtime() says when a definition file did not load
         warn_broken(facts["broken"])
     show()
     return True
-
-
-def _open(path: Path) -> sqlite3.Connection:
-    """The database as `Store.open` would find it ready: this program's, migrated to this version."""
-    if not path.is_file():
-        raise Declined("no database yet: the validated path creates it")
-    db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
-    try:
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout = 10000")
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if app_id != APPLICATION_ID or version != len(MIGRATIONS):
-            raise Declined("another program's database, or one to migrate")
-    except BaseException:
-        db.close()
-        raise
-    return db
 
 
 def _now() -> datetime:

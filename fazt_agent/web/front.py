@@ -14,6 +14,10 @@ header names (`date`, `server`, `content-length`, `content-type`), keep-alive as
 (HTTP/1.1 unless the client says `connection: close`; HTTP/1.0 closes). A bare connection is closed
 when no complete request head arrives within `HEAD_TIMEOUT` seconds (uvicorn's keep-alive
 timeout), so idle sockets cannot pile up.
+
+A front door may be opened before the daemon it serves exists (`_start.py`: the daemon's start from
+the validated snapshot): it is then made without `build`, answers /healthz with what it was given,
+and a request for anything else waits until the daemon `adopt`s it (its health and its app).
 """
 
 from __future__ import annotations
@@ -34,15 +38,17 @@ class Front:
     """The control plane's listener (see the module's docstring). `build()` returns the ASGI app of
     every route; it is called once, at the first request /healthz's bare answer does not cover."""
 
-    def __init__(self, health: Health, build: Callable[[], Any]):
+    def __init__(self, health: Health, build: Callable[[], Any] | None = None):
         self.health = health
         self.build = build
+        self.address: tuple[str, int] | None = None
         self.sock: socket.socket | None = None
         self.server: Any = None          # uvicorn's, once it took over
         self.task: asyncio.Task[None] | None = None
         self._bare: asyncio.AbstractServer | None = None
         self._bare_conns: set[_Bare] = set()
         self._upgrading: asyncio.Task[None] | None = None
+        self._adopted: asyncio.Future[None] | None = None   # what a request waits on until `adopt`
 
     @property
     def upgraded(self) -> bool:
@@ -51,8 +57,16 @@ class Front:
     async def start(self, host: str, port: int, setting: str) -> None:
         """Bind and accept. Raises FaztAgentError when the address cannot be bound."""
         self.sock = bind(host, port, setting)
+        self.address = (host, port)
         # the bare server gets a duplicate: closing it later leaves the socket itself listening for uvicorn
         self._bare = await asyncio.get_running_loop().create_server(lambda: _Bare(self), sock=self.sock.dup())
+
+    def adopt(self, health: Health, build: Callable[[], Any]) -> None:
+        """From now on answer with `health` and, at the first other request, `build()`'s app (a request
+        already waiting for it goes on)."""
+        self.health, self.build = health, build
+        if self._adopted is not None and not self._adopted.done():
+            self._adopted.set_result(None)
 
     def _handover(self, conn: _Bare) -> None:
         """A request the bare protocol does not answer: start uvicorn (once), then give it `conn`."""
@@ -65,6 +79,10 @@ class Front:
         from .app import serve   # uvicorn and starlette: from here on
 
         assert self.sock is not None and self._bare is not None
+        if self.build is None:   # opened before its daemon: wait until the daemon adopts it
+            self._adopted = self._adopted or asyncio.get_running_loop().create_future()
+            await self._adopted
+            assert self.build is not None
         app = self.build()
         self._bare.close()   # new connections wait in the backlog for uvicorn
         try:
@@ -100,10 +118,12 @@ class Front:
         """Stop accepting, end the bare connections, and stop uvicorn if it took over."""
         if self._bare is not None:
             self._bare.close()
+        if self._adopted is not None and not self._adopted.done():
+            self._adopted.cancel()   # never adopted (its daemon failed to start): the waiting requests get 503
+        if self._upgrading is not None and not self._upgrading.done():
+            await asyncio.wait([self._upgrading], timeout=5)   # the requests waiting for it are answered first
         for conn in list(self._bare_conns):
             conn.transport.close()
-        if self._upgrading is not None and not self._upgrading.done():
-            await asyncio.wait([self._upgrading], timeout=5)
         if self.server is not None and self.task is not None:
             from .app import stop
 
