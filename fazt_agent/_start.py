@@ -84,9 +84,13 @@ async def serve(observed: _snapshot.Observed | None, known: Known | None, load: 
                 loop.add_signal_handler(sig, stopped.append, signal.Signals(sig).name)
             switch = sys.getswitchinterval()
             sys.setswitchinterval(0.0005)   # the loop gets the GIL back from the loading thread within 0.5 ms, not 5
+            from concurrent.futures import ThreadPoolExecutor
+
+            thread = ThreadPoolExecutor(1, thread_name_prefix="fazt-start")   # its own: it ends with the load
             try:
-                config = await asyncio.to_thread(_load, load)   # /healthz answers meanwhile
+                config = await loop.run_in_executor(thread, _load, load)   # /healthz answers meanwhile
             finally:
+                thread.shutdown(wait=False)
                 sys.setswitchinterval(switch)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
