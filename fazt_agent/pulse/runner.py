@@ -155,10 +155,11 @@ async def run_check(check: Check, ctx: CheckContext, default_timeout: float, slo
     began = time.monotonic()
     timed_out = False
     try:
-        results = await asyncio.wait_for(check.collect(ctx), timeout)
+        async with asyncio.timeout(timeout):   # not wait_for: no task of its own per check and beat
+            results = await check.collect(ctx)
         if not results:
             raise CheckError("the check returned no result")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         timed_out = True
         results = [check.result(check.target, "unknown", f"timed out after {timeout:g}s")]
     except CheckError as e:
