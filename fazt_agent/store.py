@@ -248,8 +248,8 @@ class Store:
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         async with self._reading():
-            async with self.db.execute(sql, tuple(params)) as cur:
-                return await cur.fetchone()
+            # one round trip to SQLite's thread, as `fetchall` (execute, fetchone and close would be three)
+            return await self.db._execute(_first, self.db._conn, sql, tuple(params))
 
     async def peek(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """`fetchall` for a short read on the path of every request (a bearer token, an MCP
@@ -306,6 +306,16 @@ class Store:
         await self.execute(
             "INSERT INTO settings(key, value) VALUES(?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def _first(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
+    """`Store.fetchone`'s work, on SQLite's thread: the first row, the rest not read."""
+    cur = conn.execute(sql, params)
+    try:
+        row: sqlite3.Row | None = cur.fetchone()
+        return row
+    finally:
+        cur.close()
 
 
 def _whole(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -66,3 +66,28 @@ async def test_run_transaction_commits_whole_or_nothing_even_when_its_caller_is_
                 await store.run_transaction(lambda conn: None)
     finally:
         await store.close()
+
+
+async def test_fetchone_is_one_round_trip_and_reads_inside_a_transaction(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    store = await Store.open(tmp_path / "agent.db")
+    try:
+        await store.set_setting("k", "1")
+        trips: list[str] = []
+        real = type(store.db)._execute
+
+        async def counted(self: object, fn: object, *args: object, **kwargs: object) -> object:
+            trips.append(getattr(fn, "__name__", repr(fn)))
+            return await real(self, fn, *args, **kwargs)   # type: ignore[arg-type]
+
+        monkeypatch.setattr(type(store.db), "_execute", counted)
+        row = await store.fetchone(SETTING)
+        assert row is not None and row["value"] == "1" and len(trips) == 1
+        assert await store.fetchone("SELECT value FROM settings WHERE key = 'none'") is None
+        assert await store.fetchone("SELECT value FROM settings ORDER BY key") is not None   # the rest not read
+        async with store.transaction() as db:
+            await db.execute("UPDATE settings SET value = '2' WHERE key = 'k'")
+            inside = await store.fetchone(SETTING)   # on the transaction: sees its own write
+        assert inside is not None and inside["value"] == "2"
+    finally:
+        await store.close()
