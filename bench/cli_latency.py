@@ -35,11 +35,12 @@ meets them between two edits (the first read after an edit of the config or a de
 validated, as before).
 
 Cold start, `--starts` (10) times each, alternating: `fazt-agent run` on the same ops folder
-from spawn to the first `GET /healthz` 200, and on the same start to the first one that says
-`"ready": true` (then SIGTERM and wait): the door opens from the snapshot of the last validated load
-before the daemon validates and loads (`fazt_agent/_start.py`), and says `ready` once the daemon
-adopted it. Then a start with the snapshot removed, as the first start after an edit of the config
-or a definition: it validates, loads, then listens (ready at its first 200). Beside Debian's
+from spawn to the first `GET /healthz` 200, and on the same start to its `READY=1` to systemd (a
+NOTIFY_SOCKET of the benchmark's, read once the 200 came; then SIGTERM and wait): the door opens
+from the snapshot of the last validated load before the daemon validates and loads
+(`fazt_agent/_start.py`; /healthz says `"ready": false` meanwhile), READY=1 once the daemon runs.
+Then a start with the snapshot removed, as the first start after an edit of the config or a
+definition: it validates, loads, then listens. Beside Debian's
 `prometheus-node-exporter --web.listen-address 127.0.0.1:PORT` to its first `/metrics` 200.
 
 Bytecode: when PYTHONDONTWRITEBYTECODE is set (as in some development shells), every process
@@ -65,6 +66,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -83,8 +85,9 @@ LIGHT_FLOOR = "import sqlite3, tomllib, json, _sha256"
 COMMANDS = ("status", "events list", "halts list", "approve")
 NO_DAEMON = "approve, no daemon running"
 START = "fazt-agent run → /healthz"                     # its door open (`_start.py`), `ready` false or true
-READY = "fazt-agent run → /healthz ready"               # the same starts: the daemon running, its door adopted
+READY = "fazt-agent run → READY=1"                      # the same starts: the daemon running (sd_notify)
 NO_SNAPSHOT = "fazt-agent run → /healthz, no snapshot"  # the first start after an edit: validated, then listening
+NO_SNAPSHOT_READY = "fazt-agent run → READY=1, no snapshot"
 
 
 class BenchError(Exception):
@@ -183,38 +186,50 @@ class Monit:
 
 # -- start-up ----------------------------------------------------------------------------------
 
-def first_200(argv: list[str], port: int, path: str, env: dict[str, str], cwd: Path) -> tuple[float, float]:
-    """Milliseconds from spawn to the first 200 on `path`, and to the first 200 whose JSON does not say
-    `"ready": false` (/healthz while `run` loads, `_start.py`; other answers are ready at once); the
-    process is stopped afterwards."""
-    t0 = time.perf_counter()
-    first: float | None = None
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            env=env, cwd=cwd)
-    try:
-        while time.perf_counter() - t0 < START_TIMEOUT:
-            if proc.poll() is not None:
-                raise BenchError(f"{argv[0]} exited with {proc.returncode} before {path} answered")
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+def first_200(argv: list[str], port: int, path: str, env: dict[str, str], cwd: Path, *,
+              ready: bool = False) -> tuple[float, float]:
+    """Milliseconds from spawn to the first 200 on `path`, and with `ready`, to the daemon's
+    `READY=1` to systemd (its NOTIFY_SOCKET is a datagram socket here, read once the 200 came:
+    nothing polls the daemon while it loads); the process is stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix="fazt-notify-") as tmp:
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with notify:
+            if ready:
+                notify.bind(f"{tmp}/notify")
+                env = {**env, "NOTIFY_SOCKET": f"{tmp}/notify"}
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    stdin=subprocess.DEVNULL, env=env, cwd=cwd)
             try:
-                conn.request("GET", path)
-                reply = conn.getresponse()
-                body = reply.read()
-                if reply.status == 200:
-                    now = (time.perf_counter() - t0) * 1000
-                    first = first or now
-                    if path != "/healthz" or json.loads(body).get("ready", True) is not False:
-                        return first, now
-                    time.sleep(0.01)   # ready within 10 ms: polling faster would load the starting daemon itself
-                else:
-                    time.sleep(0.002)
-            except OSError:
-                time.sleep(0.002)
+                first = _poll_200(proc, port, path, t0)
+                if not ready:
+                    return first, first
+                notify.settimeout(max(0.1, START_TIMEOUT - (time.perf_counter() - t0)))
+                try:
+                    while b"READY=1" not in notify.recv(4096):
+                        pass
+                except TimeoutError:
+                    raise BenchError(f"no READY=1 within {START_TIMEOUT:g}s") from None
+                return first, (time.perf_counter() - t0) * 1000
             finally:
-                conn.close()
-        raise BenchError(f"{path} did not answer 200 (ready) within {START_TIMEOUT:g}s")
-    finally:
-        terminate(proc)
+                terminate(proc)
+
+
+def _poll_200(proc: subprocess.Popen[bytes], port: int, path: str, t0: float) -> float:
+    while time.perf_counter() - t0 < START_TIMEOUT:
+        if proc.poll() is not None:
+            raise BenchError(f"{proc.args!r} exited with {proc.returncode} before {path} answered")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return (time.perf_counter() - t0) * 1000
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.002)
+    raise BenchError(f"{path} did not answer 200 within {START_TIMEOUT:g}s")
 
 
 def running_daemon(argv: list[str], ops: Ops, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -313,14 +328,17 @@ def run(runs: int, starts: int, pending: int, agent_src: Path | None) -> dict[st
         finally:
             monit.stop()
 
-        start_ms: dict[str, list[float]] = {START: [], READY: [], NO_SNAPSHOT: [], "node_exporter → /metrics": []}
+        start_ms: dict[str, list[float]] = {START: [], READY: [], NO_SNAPSHOT: [], NO_SNAPSHOT_READY: [],
+                                            "node_exporter → /metrics": []}
         snapshot = ops.dir / "data" / "cli-snapshot.json"
         for _ in range(starts):
-            healthz, ready = first_200([*cli, "run"], ops.port, "/healthz", env, ops.dir)
+            healthz, ready = first_200([*cli, "run"], ops.port, "/healthz", env, ops.dir, ready=True)
             start_ms[START].append(healthz)
             start_ms[READY].append(ready)
             snapshot.unlink(missing_ok=True)   # as after an edit: this start validates before it listens
-            start_ms[NO_SNAPSHOT].append(first_200([*cli, "run"], ops.port, "/healthz", env, ops.dir)[1])
+            healthz, ready = first_200([*cli, "run"], ops.port, "/healthz", env, ops.dir, ready=True)
+            start_ms[NO_SNAPSHOT].append(healthz)
+            start_ms[NO_SNAPSHOT_READY].append(ready)
             port = free_port()
             start_ms["node_exporter → /metrics"].append(
                 first_200(node_exporter_argv(port), port, "/metrics", env, ops.dir)[0])
