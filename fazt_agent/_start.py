@@ -36,9 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class Known(NamedTuple):
-    """What the snapshot says of this start, with the data dir's lock held."""
+    """What the snapshot says of this start (where the control plane listens), the data dir's lock held."""
 
-    observed: _snapshot.Observed
     http: dict[str, Any]
     lock: DataDirLock
 
@@ -64,7 +63,7 @@ def observe(explicit: Path | None) -> tuple[_snapshot.Observed | None, Known | N
     except Exception:   # NotReady (no database yet, one to migrate), a busy or broken one: the daemon says
         lock.release()
         return observed, None
-    return observed, Known(observed, http, lock)
+    return observed, Known(http, lock)
 
 
 async def serve(observed: _snapshot.Observed | None, known: Known | None, load: Callable[[], Any],
@@ -82,11 +81,11 @@ async def serve(observed: _snapshot.Observed | None, known: Known | None, load: 
             loop, stopped = asyncio.get_running_loop(), []
             for sig in (signal.SIGTERM, signal.SIGINT):   # a stop while loading: no daemon starts, exit 0
                 loop.add_signal_handler(sig, stopped.append, signal.Signals(sig).name)
-            switch = sys.getswitchinterval()
-            sys.setswitchinterval(0.0005)   # the loop gets the GIL back from the loading thread within 0.5 ms, not 5
             from concurrent.futures import ThreadPoolExecutor
 
             thread = ThreadPoolExecutor(1, thread_name_prefix="fazt-start")   # its own: it ends with the load
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(0.0005)   # the loop gets the GIL back from the loading thread within 0.5 ms, not 5
             try:
                 config = await loop.run_in_executor(thread, _load, load)   # /healthz answers meanwhile
             finally:

@@ -157,12 +157,12 @@ def test_the_light_path_reads_with_the_runtimes_queries() -> None:
     """What `_light` repeats of the Runtime's read side (constants it cannot import without
     pydantic; the queries themselves are shared, `fazt_agent/_sql.py`) is the same as there: the
     output tests above cover the rows, this the rest."""
-    from fazt_agent import status, store
+    from fazt_agent import _ready_db, status, store
     from fazt_agent.cli import _light
     from fazt_agent.kernel.base import Plan
     from fazt_agent.pulse import base
 
-    assert _light.APPLICATION_ID == store.APPLICATION_ID
+    assert _ready_db.APPLICATION_ID == store.APPLICATION_ID
     assert status.SEVERITY == base.SEVERITY
     assert _light.PLAN_KEYS == tuple(Plan.__dataclass_fields__)
     assert {k: v.default_factory() if callable(v.default_factory) else v.default   # type: ignore[misc]

@@ -23,18 +23,16 @@ import json
 import os
 import sqlite3
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
 from .. import _snapshot
 from .._autonomy import AUTONOMY_KEY, PAUSED_BY_SQL, PAUSED_KEY, Override, in_force
-from .._ready_db import APPLICATION_ID, open_ready  # noqa: F401  (APPLICATION_ID: compared by the tests)
+from .._ready_db import open_ready
 from .._rows import halt_json
 from .._sql import CALLS_SINCE, LATEST, TOKENS_AND_USD_SINCE, events_listed, events_select
 from ..clock import iso, parse_iso
 from ._common import state, warn_broken
-
 
 
 class Declined(Exception):

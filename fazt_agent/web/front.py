@@ -76,13 +76,13 @@ class Front:
         self._upgrading.add_done_callback(lambda task: self._give(conn, task))
 
     async def _upgrade(self) -> None:
-        from .app import serve   # uvicorn and starlette: from here on
-
         assert self.sock is not None and self._bare is not None
         if self.build is None:   # opened before its daemon: wait until the daemon adopts it
             self._adopted = self._adopted or asyncio.get_running_loop().create_future()
             await self._adopted
             assert self.build is not None
+        from .app import serve   # uvicorn and starlette: from here on
+
         app = self.build()
         self._bare.close()   # new connections wait in the backlog for uvicorn
         try:
