@@ -15,6 +15,7 @@ from .errors import ConfigError, Issue
 
 DEFINITION_FOLDERS = ("policies", "prompts", "pulse", "kernel")
 SYSTEM_CONFIG = Path("/etc/fazt-agent/config.toml")
+DB_FILE = "fazt-agent.db"   # in the data dir
 
 
 def shipped_defaults() -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from ._config_paths import DB_FILE
 from ._migrations import MIGRATIONS
 
 APPLICATION_ID = 0x46415A54   # store.APPLICATION_ID ("FAZT"; compared by the tests)
@@ -15,12 +16,13 @@ class NotReady(Exception):
     """No database yet, another program's, or one to migrate: the validated path (`Store.open`) says."""
 
 
-def open_ready(path: Path) -> sqlite3.Connection:
-    """The database as `Store.open` would find it ready: this program's, migrated to this version.
+def open_ready(data_dir: Path) -> sqlite3.Connection:
+    """The database of `data_dir` as `Store.open` would find it ready: this program's, migrated to this version.
 
     Raises:
         NotReady: it is not; sqlite3.Error: it cannot be read.
     """
+    path = data_dir / DB_FILE
     if not path.is_file():
         raise NotReady("no database yet: the validated path creates it")
     db = sqlite3.connect(path, timeout=10.0, isolation_level=None)

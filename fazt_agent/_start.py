@@ -59,7 +59,7 @@ def observe(explicit: Path | None) -> tuple[_snapshot.Observed | None, Known | N
     try:
         from ._ready_db import open_ready
 
-        open_ready(observed.data_dir / "fazt-agent.db").close()
+        open_ready(observed.data_dir).close()
     except Exception:   # NotReady (no database yet, one to migrate), a busy or broken one: the daemon says
         lock.release()
         return observed, None

@@ -16,7 +16,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ._autonomy import LEVELS, Autonomy
-from ._config_paths import DEFINITION_FOLDERS, find_config, resolve_paths
+from ._config_paths import DB_FILE, DEFINITION_FOLDERS, find_config, resolve_paths
 from ._config_paths import SYSTEM_CONFIG, default_data_dir, shipped_defaults  # noqa: F401  (the names callers import)
 from ._toml import expand_env, load_model, read_toml
 from .errors import ConfigError, Issue
@@ -343,7 +343,7 @@ class Config:
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "fazt-agent.db"
+        return self.data_dir / DB_FILE
 
     @property
     def warnings(self) -> list[Issue]:

@@ -51,7 +51,7 @@ def run(body: str, kwargs: dict[str, Any]) -> bool:
             return False
         if bool(os.environ.get(facts["llm_key_env"])) != facts["llm_key_set"]:
             return False   # the key came or went: the LLM note (or its budget) changes
-        db = open_ready(observed.data_dir / "fazt-agent.db")
+        db = open_ready(observed.data_dir)
         try:
             show = command(db, facts, observed, **{k: v for k, v in kwargs.items() if k != "server"})
         finally:
