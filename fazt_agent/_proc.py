@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import struct
-import tempfile
 from asyncio.subprocess import DEVNULL
 from dataclasses import dataclass
 from typing import IO
@@ -43,6 +42,8 @@ async def run(argv: list[str], timeout: float) -> Finished:
     Raises:
         OSError: the program cannot be started (missing, not executable).
     """
+    import tempfile   # here: the MCP bridge imports this module for peer_credentials alone
+
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         code = await _wait(argv, out, err, timeout)
         return Finished(code, _tail(out), _tail(err), code is None)
@@ -56,6 +57,8 @@ async def output(argv: list[str], *, cwd: str | None = None, env: dict[str, str]
     Raises:
         OSError: the program cannot be started (missing, not executable, bad cwd).
     """
+    import tempfile
+
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         code = await _wait(argv, out, err, None, cwd=cwd, env=env)
         assert code is not None

@@ -149,8 +149,9 @@ class Daemon:
         if watchdog:
             watchdog.cancel()
         if front is not None:
-            if self._mcp is not None:   # the control plane was built (a request other than /healthz came)
+            if self._mcp is not None:   # /mcp was asked for
                 await self._mcp.aclose()  # stops the MCP worker, so open streams do not hold the server
+            if self._dashboard is not None:   # the control plane was built (a request other than /healthz came)
                 self._dashboard.close()   # ends the dashboard's live streams, for the same reason
             await front.stop()
         await self._apps.stop()
@@ -317,10 +318,11 @@ class Daemon:
         """The control plane: /healthz, /metrics, /webhooks/alertmanager, signed links (/a/...) and
         /approvals, the dashboard (/ and its pages), and /mcp (a worker process started at its first request).
 
-        Only /healthz is served at start, by the front door alone (`web/front.py`, bare asyncio); uvicorn
-        and the rest (`_control_plane`: starlette, the MCP bridge, metrics, the webhook, approvals, the
-        dashboard, ~5 MiB and ~120 ms) at the first request for anything else, so a daemon that is
-        only probed for health never holds them."""
+        The front door (`web/front.py`, bare asyncio) answers /healthz itself and serves /mcp with the
+        MCP worker's bridge (`_mcp_endpoint`); uvicorn and the rest (`_control_plane`: starlette,
+        metrics, the webhook, approvals, the dashboard, ~5 MiB and ~120 ms) start at the first request
+        for anything else, so a daemon that is only probed for health, or used through MCP, never
+        holds them."""
         http = rt.config.file.http
         front, self._warm_front = self._warm_front, None
         if front is not None and (not http.enabled or front.address != (http.host, http.port)):
@@ -333,19 +335,17 @@ class Daemon:
 
             front = Front(self.health)
             await front.start(http.host, http.port, "[http] listen")
-        front.adopt(self.health, lambda: self._control_plane(rt))
+        front.adopt(self.health, lambda: self._control_plane(rt), lambda: self._mcp_endpoint(rt))
         log.info("control plane on http://%s", http.listen)
         return front
 
     def _control_plane(self, rt: Runtime) -> Any:
         """The control plane's app with every route (/healthz too), built at its first request other than /healthz."""
-        http = rt.config.file.http
         from .mcp.auth import TokenStore
-        from .mcp.worker import McpWorker
         from .web.app import create_app
         from .web.metrics import MetricsEndpoint
 
-        mcp = McpWorker(rt.config, http.listen, http.mcp_idle)
+        mcp = self._mcp_endpoint(rt)
         metrics = MetricsEndpoint(rt, TokenStore(rt.store, rt.events, rt.clock))
         from .web.webhooks import AlertmanagerWebhook
 
@@ -358,5 +358,15 @@ class Daemon:
         dashboard = Dashboard(approvals, self.engine)
         app = create_app(self.health, mcp=mcp, metrics=metrics, alertmanager=alertmanager, pages=approvals.routes(),
                          dashboard=dashboard.routes(), slack=self._slack.endpoint() if self._slack is not None else None)
-        self._mcp, self._dashboard = mcp, dashboard
+        self._dashboard = dashboard
         return app
+
+    def _mcp_endpoint(self, rt: Runtime) -> Any:
+        """/mcp's ASGI endpoint (`mcp.worker`: a worker process started at its first request), made
+        once; the front door serves /mcp with it, and so does the control plane's app."""
+        if self._mcp is None:
+            from .mcp.worker import McpWorker
+
+            http = rt.config.file.http
+            self._mcp = McpWorker(rt.config, http.listen, http.mcp_idle)
+        return self._mcp

@@ -216,7 +216,8 @@ def _healthz(url: str) -> tuple[int, list[str], str, list[str]]:
 
 
 def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> None:
-    """Idle (beats, /healthz polled), the daemon holds what a beat needs; the first request for anything
+    """Idle (beats, /healthz polled), the daemon holds what a beat needs; /mcp is served by the front
+    door and the worker without uvicorn or the MCP SDK in the daemon; the first request for anything
     else builds the rest of the control plane, and /healthz answers alike before and after."""
     out = tmp_path / "daemon-modules.json"
     daemon = subprocess.Popen([sys.executable, "-c", SNAPSHOT_PATH, str(out), "--config", str(ops.config), "run"],
@@ -238,9 +239,12 @@ def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> No
         before = _healthz(healthz)
         assert httpx.head(healthz, timeout=5).status_code == 200
         idle = _snapshot(daemon, Path(f"{out}.1"))
+        mcp = httpx.post(f"http://{listen(ops)}/mcp", json={}, timeout=60)   # the worker starts, refuses: no token
+        assert mcp.status_code == 401 and mcp.headers["www-authenticate"].startswith("Bearer"), mcp.text
+        through_mcp = _snapshot(daemon, Path(f"{out}.2"))
         assert httpx.get(f"http://{listen(ops)}/metrics", timeout=5).status_code == 401   # no token: refused
         after = _healthz(healthz)
-        served = _snapshot(daemon, Path(f"{out}.2"))
+        served = _snapshot(daemon, Path(f"{out}.3"))
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=20)
@@ -253,7 +257,11 @@ def test_the_idle_daemon_holds_what_a_beat_needs(ops: Ops, tmp_path: Path) -> No
     assert not {m for m in idle if m.startswith(tuple(CONTROL_PLANE))}, sorted(m for m in idle if "web." in m)
     assert not idle & ACTION_MODULES, sorted(idle & ACTION_MODULES)   # nothing was planned
     assert {"fazt_agent.pulse.system", "fazt_agent.pulse.disk", "psutil"} <= idle   # what its beat runs
-    assert CONTROL_PLANE | {"starlette"} <= served | packages(served), sorted(CONTROL_PLANE - served)
+    http_server = {"uvicorn", "h11", "click", "starlette", "anyio", "mcp", "jinja2"}
+    assert not packages(through_mcp) & http_server, sorted(packages(through_mcp) & http_server)
+    assert {"fazt_agent.mcp.worker", "fazt_agent.mcp.bridge"} <= through_mcp
+    assert not {m for m in through_mcp if m.startswith(tuple(CONTROL_PLANE - {"fazt_agent.mcp"}))}
+    assert CONTROL_PLANE | {"starlette", "uvicorn"} <= served | packages(served), sorted(CONTROL_PLANE - served)
     assert before == after == (200, ["content-length", "content-type", "server"], "application/json",
                                ["last_beat", "last_beat_age_s", "last_beat_status", "mcp_worker_pid", "ready", "status",
                                 "uptime_s", "version"])

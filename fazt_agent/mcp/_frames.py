@@ -22,9 +22,10 @@ import asyncio
 import json
 import struct
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from starlette.types import Scope
+if TYPE_CHECKING:
+    from starlette.types import Scope
 
 HEAD = struct.Struct(">cI")
 META = struct.Struct(">I")

@@ -21,9 +21,10 @@ HTTP forbids NUL in header names and values (h11 refuses them on the way in and 
 separates them without escaping; a block whose NULs do not add up is refused. A connection carries
 one request at a time (like HTTP/1.1 keep-alive); the daemon keeps up to `MAX_IDLE` idle ones. When
 the daemon's client goes away mid-response, the daemon closes the connection and the worker's app
-receives `http.disconnect`, as it would from uvicorn. The daemon asks uvicorn whether the client is
-still there only once a response has taken `WATCH_AFTER` (a tool call answers well before: no task
-per request on the way of every call), so the worker learns of a client that left at most that late.
+receives `http.disconnect`, as it would from uvicorn. The daemon asks its HTTP server (the front
+door, `web/front.py`, or uvicorn) whether the client is still there only once a response has taken
+`WATCH_AFTER` (a tool call answers well before: no task per request on the way of every call), so
+the worker learns of a client that left at most that late.
 
 The socket is in Linux's abstract namespace (a random name, nothing on disk, gone with its
 processes) and the worker answers its parent, the daemon, alone (SO_PEERCRED): other processes of
@@ -39,13 +40,14 @@ import os
 import re
 import secrets
 from collections import deque
-from typing import Any, Awaitable, Callable
-
-from starlette.types import ASGIApp, Receive, Scope, Send
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .._proc import peer_credentials
 from ._frames import (BODY, CHUNK, END, NUL, REQUEST, START, BridgeError, Frames, frame, join, read_request,
                       read_start, request_frame)
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +225,7 @@ class Upstream:
 
 
 class _Watch:
-    """Whether the client of a response is still there, asked of uvicorn (`receive()` returns
+    """Whether the client of a response is still there, asked of the HTTP server (`receive()` returns
     http.disconnect when it leaves, or once the response is complete) only when the response
     runs longer than WATCH_AFTER: then a task waits on it, and closes the worker connection if
     the client leaves before the end."""
@@ -252,7 +254,7 @@ class _Watch:
         if task is None:
             return reusable
         if reusable:
-            # uvicorn answers the pending receive() once the response is complete; no cancellation
+            # the server answers the pending receive() once the response is complete; no cancellation
             # on this path, as that leaves garbage cycles behind
             await asyncio.wait({task}, timeout=WATCH_END)
             reusable = task.done()

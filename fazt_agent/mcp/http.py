@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..web._http import MCP_MAX_BODY
 from .auth import BearerAuth, TokenStore
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 log = logging.getLogger(__name__)
-MAX_BODY = 1024 * 1024
+MAX_BODY = MCP_MAX_BODY
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 WILDCARD = ("", "0.0.0.0", "::")
 Factory = Callable[[], tuple[ASGIApp, Any]]

@@ -19,20 +19,20 @@ This module must not import the `mcp` SDK.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
-
 from ..errors import FaztAgentError
+from ..web._http import MCP_MAX_BODY as MAX_BODY   # the worker enforces it (413); we read at most one byte more
 from .bridge import Upstream, ours
-from .http import MAX_BODY   # the worker enforces it (413); we read at most one byte more
 
 if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
     from ..config import Config
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class McpWorker:
                 if upstream is None or proc is None or proc.returncode is not None:   # the lock only to (re)start
                     upstream = await self._ensure()
             except FaztAgentError as e:
-                await JSONResponse({"error": str(e)}, status_code=503)(scope, receive, send)
+                await _error(send, 503, str(e))
                 return
             await self._forward(upstream, scope, receive, send)
         finally:
@@ -169,9 +169,17 @@ class McpWorker:
         headers.append((b"content-length", b"%d" % len(body)))
 
         async def refuse(message: str) -> None:
-            await JSONResponse({"error": message}, status_code=502)(scope, receive, send)
+            await _error(send, 502, message)
 
         await upstream.forward(scope, headers, bytes(body), receive, send, refuse)
+
+
+async def _error(send: Send, status: int, message: str) -> None:
+    """`{"error": message}` with `status`, from the daemon itself (the worker could not answer)."""
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _end(proc: asyncio.subprocess.Process) -> None:

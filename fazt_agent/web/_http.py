@@ -12,6 +12,7 @@ from ..errors import FaztAgentError
 
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 SERVER = b"fazt-agent"
+MCP_MAX_BODY = 1024 * 1024   # the largest /mcp request body: the worker answers 413 above it (mcp/http.py)
 
 
 def health_response(health: Health) -> tuple[int, bytes]:

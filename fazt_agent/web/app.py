@@ -104,10 +104,11 @@ async def start(app: ASGIApp, host: str, port: int, setting: str, *, ssl_context
     return await serve(app, bind(host, port, setting), ssl_context=ssl_context, what=what)
 
 
-async def serve(app: ASGIApp, sock: socket.socket, *, ssl_context: ssl.SSLContext | None = None,
+async def serve(app: ASGIApp, sock: socket.socket | None, *, ssl_context: ssl.SSLContext | None = None,
                 what: str = "the control plane") -> tuple[QuietServer, asyncio.Task[None]]:
     """Serve `app` on the listening socket `sock` (`_http.bind`) with uvicorn in a task; returns once
-    it accepts connections.
+    it accepts connections. With no socket, uvicorn serves only the connections handed to it
+    (`front.py`).
 
     Raises:
         FaztAgentError: uvicorn failed to start.
@@ -118,12 +119,12 @@ async def serve(app: ASGIApp, sock: socket.socket, *, ssl_context: ssl.SSLContex
     # server: fazt-agent, as the front door's bare /healthz says (front.py)
     server = QuietServer(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
                                         server_header=False, headers=[("server", SERVER.decode())], **tls))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    task = asyncio.create_task(server.serve(sockets=[sock] if sock is not None else []))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if task.done():
-        listen = sock.getsockname()
-        raise FaztAgentError(f"{what} on {listen[0]}:{listen[1]} failed to start: {task.exception()}")
+        where = "" if sock is None else " on {}:{}".format(*sock.getsockname()[:2])
+        raise FaztAgentError(f"{what}{where} failed to start: {task.exception()}")
     return server, task
 
 
