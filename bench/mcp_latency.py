@@ -12,6 +12,11 @@ calls first; then `--calls` sequential calls each: p50, p99, mean and calls per 
 ratio fazt / bare; the same tool on a standalone `fazt-agent mcp serve --http` (the worker's own
 server without the daemon's hop in front) shows what that hop costs.
 
+A second anchor separates what fazt adds from what its answer costs the SDK and the client: the bare
+server's tool `pulse_status` returns the very `PulseStatus` the daemon's first call returned (built
+once, the same model and output schema), so the client parses and validates the same payload. The
+gap to it is fazt's own: the daemon's hop, the token, the store read and the `mcp.call` event.
+
 The three servers are measured in one event loop, interleaved: `--rounds` rounds, each making
 calls/rounds calls on every server in turn (the order rotating), so a machine whose load changes
 during the run (other processes on shared cores) weighs on all three alike and their ratio holds.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
 import tempfile
@@ -49,9 +55,11 @@ from _common import MB, clean_env, free_port, make_ops, percentile, print_json
 HERE = Path(__file__).resolve().parent
 
 
-def bare_server(port: int) -> None:
+def bare_server(port: int, payload: str | None = None) -> None:
     import uvicorn
     from mcp.server.mcpserver import MCPServer
+
+    from fazt_agent.mcp.models import PulseStatus
 
     server = MCPServer("bare", log_level="WARNING")
 
@@ -59,6 +67,16 @@ def bare_server(port: int) -> None:
     def ping() -> str:
         """Return ok."""
         return "ok"
+
+    if payload:
+        status = PulseStatus.model_validate(json.loads(Path(payload).read_text()))
+
+        def pulse_status() -> PulseStatus:
+            """The payload fazt_pulse_status returned, built once."""
+            return status
+
+        pulse_status.__annotations__["return"] = PulseStatus   # a class, not the name (PEP 563 strings)
+        server.tool()(pulse_status)
 
     uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
 
@@ -146,8 +164,9 @@ def worker_pid(port: int) -> int | None:
     return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["mcp_worker_pid"]
 
 
-async def first_call(url: str, token: str) -> float:
-    """Milliseconds from nothing running to the first result: worker start, session, call."""
+async def first_call(url: str, token: str) -> tuple[float, dict[str, Any]]:
+    """Milliseconds from nothing running to the first result (worker start, session, call), and
+    the result's structured content."""
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
@@ -155,8 +174,9 @@ async def first_call(url: str, token: str) -> float:
     t0 = time.perf_counter()
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
         async with Client(streamable_http_client(url, http_client=http)) as client:
-            await client.call_tool("fazt_pulse_status", {})
-            return (time.perf_counter() - t0) * 1000
+            result = await client.call_tool("fazt_pulse_status", {})
+            assert result.structured_content is not None and not result.is_error
+            return (time.perf_counter() - t0) * 1000, result.structured_content
 
 
 def run(calls: int, warmup: int, rounds: int, mode: str) -> dict[str, Any]:
@@ -169,30 +189,35 @@ def run(calls: int, warmup: int, rounds: int, mode: str) -> dict[str, Any]:
         daemon = subprocess.Popen([*cli, "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   env=clean_env(), cwd=ops.dir)
         bare_port = free_port()
-        bare = subprocess.Popen([sys.executable, str(HERE / "mcp_latency.py"), "--bare-server", str(bare_port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+        bare: subprocess.Popen[bytes] | None = None
         direct_port = free_port()
         direct = subprocess.Popen([*cli, "mcp", "serve", "--http", "--listen", f"127.0.0.1:{direct_port}"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(), cwd=ops.dir)
         try:
             wait_http(f"http://127.0.0.1:{ops.port}/healthz", daemon)
-            wait_http(f"http://127.0.0.1:{bare_port}/mcp", bare)
             wait_http(f"http://127.0.0.1:{direct_port}/healthz", direct)
             time.sleep(3)   # the first beat and its writes settle
             before = rss_mb(daemon.pid)
             token = subprocess.run([*cli, "tokens", "create", "bench", "--scope", "read"], capture_output=True,
                                    text=True, check=True, env=clean_env()).stdout.strip()
             url = f"http://127.0.0.1:{ops.port}/mcp"
-            cold = asyncio.run(first_call(url, token))
+            cold, payload = asyncio.run(first_call(url, token))
+            (Path(tmp) / "payload.json").write_text(json.dumps(payload))
+            bare = subprocess.Popen([sys.executable, str(HERE / "mcp_latency.py"), "--bare-server", str(bare_port),
+                                     "--payload", str(Path(tmp) / "payload.json")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+            wait_http(f"http://127.0.0.1:{bare_port}/mcp", bare)
             pid = worker_pid(ops.port)
             if pid is None:
                 raise RuntimeError("the daemon's MCP worker is not running after the first call")
             measured = asyncio.run(measure({
                 "fazt": (url, token, "fazt_pulse_status", [daemon.pid, pid]),
                 "bare": (f"http://127.0.0.1:{bare_port}/mcp", None, "ping", [bare.pid]),
+                "bare_payload": (f"http://127.0.0.1:{bare_port}/mcp", None, "pulse_status", [bare.pid]),
                 "standalone": (f"http://127.0.0.1:{direct_port}/mcp", token, "fazt_pulse_status", [direct.pid]),
             }, calls, warmup, rounds, mode))
             fazt, base, standalone = measured["fazt"], measured["bare"], measured["standalone"]
+            same = measured["bare_payload"]
             after = rss_mb(daemon.pid)
             pid = worker_pid(ops.port)
             worker = rss_mb(pid) if pid else float("nan")
@@ -202,18 +227,21 @@ def run(calls: int, warmup: int, rounds: int, mode: str) -> dict[str, Any]:
             stopped = rss_mb(daemon.pid)
         finally:
             for proc in (daemon, bare, direct):
-                proc.terminate()
-                proc.wait(10)
-    return {"mode": mode, "rounds": rounds, "fazt": fazt, "bare": base, "standalone": standalone,
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
+    return {"mode": mode, "rounds": rounds, "fazt": fazt, "bare": base, "bare_payload": same, "standalone": standalone,
             "worker_hop_p50_ms": fazt["p50_ms"] - standalone["p50_ms"],
             "ratio_p50": fazt["p50_ms"] / base["p50_ms"], "ratio_p99": fazt["p99_ms"] / base["p99_ms"],
             "ratio_calls_per_s": fazt["calls_per_s"] / base["calls_per_s"],
+            "ratio_calls_per_s_same_payload": fazt["calls_per_s"] / same["calls_per_s"],
             "ratio_cpu": cpu_total(base) / cpu_total(fazt),
             "ratio_cpu_standalone": cpu_total(base) / cpu_total(standalone),
+            "ratio_cpu_same_payload": cpu_total(same) / cpu_total(fazt),
             "first_call_ms": cold,
             "rss_mb": {"daemon_before_first_mcp_call": before, "daemon_after_calls": after,
                        "worker_after_calls": worker, "daemon_after_worker_stopped": stopped},
-            "ok": fazt["failed"] == 0 and base["failed"] == 0 and standalone["failed"] == 0}
+            "ok": not any(r["failed"] for r in (fazt, base, same, standalone))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["legacy", "auto"], default="legacy",
                         help="legacy: 2025-11-25 sessions (Claude Code, TypeScript SDK); auto: 2026-07-28")
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--payload", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     if args.bare_server:
-        bare_server(args.bare_server)
+        bare_server(args.bare_server, args.payload)
         return 0
     if args.calls < 10 or args.warmup < 0 or not 1 <= args.rounds <= args.calls:
         parser.error("--calls must be at least 10, --warmup not negative, --rounds from 1 to --calls")
@@ -238,20 +267,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MCP over streamable HTTP ({report['mode']} protocol), {report['fazt']['calls']} sequential calls "
               f"each, interleaved in {report['rounds']} rounds:")
         rows = (("fazt_pulse_status on /mcp", report["fazt"]), ("bare SDK server, trivial tool", report["bare"]),
+                ("bare SDK server, same payload", report["bare_payload"]),
                 ("same, mcp serve --http", report["standalone"]))
         for label, r in rows:
             print(f"  {label:30} p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
                   f"{r['calls_per_s']:7.1f} calls/s  ({r['failed']} failed)")
         print(f"  ratio fazt/bare: p50 {report['ratio_p50']:.2f}x, p99 {report['ratio_p99']:.2f}x, "
-              f"throughput {report['ratio_calls_per_s']:.2f}x")
-        cpu = {name: report[name]["cpu_ms_per_call"] for name in ("fazt", "bare", "standalone")}
+              f"throughput {report['ratio_calls_per_s']:.2f}x "
+              f"(against the same payload: {report['ratio_calls_per_s_same_payload']:.2f}x)")
+        cpu = {name: report[name]["cpu_ms_per_call"] for name in ("fazt", "bare", "bare_payload", "standalone")}
         print(f"  CPU per call: fazt {cpu_total(report['fazt']):.2f} ms (client {cpu['fazt']['client']:.2f}, "
               f"daemon {cpu['fazt']['servers'][0]:.2f}, worker {cpu['fazt']['servers'][1]:.2f}), "
               f"bare {cpu_total(report['bare']):.2f} ms (client {cpu['bare']['client']:.2f}, "
-              f"server {cpu['bare']['servers'][0]:.2f}), mcp serve --http {cpu_total(report['standalone']):.2f} ms "
+              f"server {cpu['bare']['servers'][0]:.2f}), same payload {cpu_total(report['bare_payload']):.2f} ms "
+              f"(client {cpu['bare_payload']['client']:.2f}, server {cpu['bare_payload']['servers'][0]:.2f}), "
+              f"mcp serve --http {cpu_total(report['standalone']):.2f} ms "
               f"(client {cpu['standalone']['client']:.2f}, server {cpu['standalone']['servers'][0]:.2f})")
         print(f"  ratio bare/fazt of CPU per call: {report['ratio_cpu']:.2f} "
-              f"(mcp serve --http: {report['ratio_cpu_standalone']:.2f})")
+              f"(same payload: {report['ratio_cpu_same_payload']:.2f}; mcp serve --http: "
+              f"{report['ratio_cpu_standalone']:.2f})")
         rss = report["rss_mb"]
         print(f"  the daemon's hop to its worker: p50 +{report['worker_hop_p50_ms']:.2f} ms "
               "(fazt_pulse_status on /mcp minus on `mcp serve --http`)")
