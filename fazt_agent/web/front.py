@@ -14,10 +14,11 @@ connection, so /healthz stays bare however the control plane was used.
 here too: a plain request for exactly /mcp (`POST`, `GET` or `DELETE`, HTTP/1.1 or 1.0, a
 `content-length` body of at most `MAX_BODY`, no `transfer-encoding`, `expect` or `upgrade`) is
 passed to the endpoint as ASGI (`_Exchange`), its answer written back with a `content-length` when
-the whole body is known at its first part, chunked otherwise (an SSE stream), closed-delimited for
-HTTP/1.0. The endpoint is what uvicorn would call for the same request; this saves a tool call the
-~2 ms of CPU uvicorn's h11 parser and serialiser cost (`docs/architecture.md` §10). Anything else
-for /mcp goes to uvicorn, which calls the same endpoint.
+the whole body is known at its first part, chunked otherwise (an SSE stream), close-delimited for
+HTTP/1.0. The endpoint is what uvicorn would call for the same request; this spares the daemon
+uvicorn's h11 parser and serialiser (0.6-0.9 ms of CPU a tool call, `bench/mcp_latency.py`), and a
+daemon used through MCP alone never loads uvicorn or starlette. Anything else for /mcp goes to
+uvicorn, which calls the same endpoint.
 
 /healthz answers alike before and after (tests/test_import_budget.py): the same status, JSON and
 header names (`date`, `server`, `content-length`, `content-type`), keep-alive as uvicorn keeps it
@@ -55,11 +56,6 @@ _PCHAR = bytes(range(0x21, 0x7f))
 
 def _token(value: bytes) -> bool:
     return bool(value) and not value.translate(None, _TCHAR)
-_REASONS = {200: b"OK", 202: b"Accepted", 204: b"No Content", 400: b"Bad Request", 401: b"Unauthorized",
-            403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 406: b"Not Acceptable",
-            409: b"Conflict", 413: b"Content Too Large", 415: b"Unsupported Media Type",
-            421: b"Misdirected Request", 422: b"Unprocessable Content", 429: b"Too Many Requests",
-            500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable"}
 
 
 class Front:
@@ -101,6 +97,7 @@ class Front:
             self._adopted.set_result(None)
 
     def mcp_app(self) -> Any:
+        """The /mcp endpoint, made at its first request."""
         if self._mcp_app is None:
             assert self.mcp is not None
             self._mcp_app = self.mcp()
@@ -413,7 +410,7 @@ class _Exchange:
             await self.conn.drain()
 
     def _head(self, body: bytes, more: bool) -> bytes:
-        lines = [b"HTTP/1.1 %d %s" % (self.status, _REASONS.get(self.status, b"")), b"date: " + http_date(),
+        lines = [b"HTTP/1.1 %d %s" % (self.status, _reason(self.status)), b"date: " + http_date(),
                  b"server: " + SERVER]
         length = False
         for name, value in self.headers:
@@ -451,6 +448,16 @@ class _Exchange:
             self.complete = True
             self.wake()
             self.conn.finished(not self.close)
+
+
+def _reason(status: int) -> bytes:
+    """The status's reason phrase (empty for one HTTP does not name, as the grammar allows)."""
+    from http import HTTPStatus   # here: the idle daemon's door answers /healthz alone, with its own two
+
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def _address(value: Any) -> list[Any] | None:
