@@ -1,5 +1,6 @@
-"""MCP over streamable HTTP at /mcp: the ASGI app, served by `fazt-agent mcp serve --http` and by
-the daemon's MCP worker process (`mcp serve --worker`, see `mcp.worker`).
+"""MCP over streamable HTTP at /mcp: the ASGI app, served by `fazt-agent mcp serve --http` (through the
+daemon's front door, `web/front.py`) and by the daemon's MCP worker process (`mcp serve --worker`, see
+`mcp.worker`).
 
 A request passes, in order: the Host/Origin check against DNS rebinding (421/403), the bearer
 token (401), then the SDK's transport with a 1 MiB body limit (413). The SDK (about 30 MB of
@@ -155,19 +156,24 @@ async def serve(rt: Runtime, host: str, port: int, *, ready: Callable[[str], Non
 
 async def _serve_http(mount: McpMount, host: str, port: int, done: asyncio.Event,
                       ready: Callable[[str], None]) -> None:
-    from ..web.app import create_app, start, stop
+    """`mcp serve --http`: the daemon's front door (`web/front.py`) serves /healthz and plain /mcp
+    requests on bare asyncio, and hands anything else to uvicorn (started then), as in the daemon."""
+    from ..web.app import create_app
+    from ..web.front import Front
 
-    app = create_app(lambda: (True, {"mcp": "standalone"}), mcp=mount)
-    server, task = await start(app, host, port, "--listen")
-    port = server.servers[0].sockets[0].getsockname()[1]
+    def health() -> tuple[bool, dict[str, Any]]:
+        return True, {"mcp": "standalone"}
+
+    front = Front(health, lambda: create_app(health, mcp=mount), lambda: mount)
+    await front.start(host, port, "--listen")
+    assert front.sock is not None
+    port = front.sock.getsockname()[1]
     ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp")
     try:
-        waiter = asyncio.create_task(done.wait())
-        await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+        await done.wait()
     finally:
         await mount.aclose()
-        await stop(server, task)
+        await front.stop()
 
 
 async def _serve_worker(mount: McpMount, done: asyncio.Event, ready: Callable[[str], None]) -> None:
