@@ -174,12 +174,14 @@ class Upstream:
                 link.close()
             raise
         reusable = False
-        watch = _Watch(receive, link)
+        # the whole response here already (a tool call: the worker writes its frames together): no watch
+        watch = None if link.frames and link.frames[-1][0] == END else _Watch(receive, link)
         try:
             await send({"type": "http.response.start", "status": status, "headers": answer})
             reusable = await self._relay(link, send)
         finally:
-            reusable = await watch.stop(reusable)
+            if watch is not None:
+                reusable = await watch.stop(reusable)
             if reusable and not self._closed and len(self._idle) < MAX_IDLE and link.usable():
                 self._idle.append(link)
             else:

@@ -49,8 +49,16 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+_date: tuple[int, bytes] = (-1, b"")   # the last second formatted, and its date
+
+
 def http_date() -> bytes:
-    """Now as an HTTP date (RFC 9110 IMF-fixdate), without email.utils (it imports the email package)."""
-    t = time.gmtime()
-    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT").encode("ascii")
+    """Now as an HTTP date (RFC 9110 IMF-fixdate), without email.utils (it imports the email package);
+    formatted once a second (uvicorn does the same), not once a response."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        t = time.gmtime(now)
+        _date = (now, (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+                       f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT").encode("ascii"))
+    return _date[1]

@@ -266,7 +266,8 @@ class _Bare(asyncio.Protocol):
 
     def _arm(self) -> None:
         """Close the connection HEAD_TIMEOUT from now unless a request comes (one timer a connection:
-        bytes arriving move its deadline, the timer checks it when it fires)."""
+        bytes arriving and requests answered move its deadline, the timer checks it when it fires,
+        and a /mcp request in progress puts it off)."""
         loop = asyncio.get_running_loop()
         self._deadline = loop.time() + HEAD_TIMEOUT
         if self._timer is None:
@@ -274,12 +275,15 @@ class _Bare(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
-        if self.exchange is not None or self.transport.is_closing():
+        if self.transport.is_closing():
             return
-        if asyncio.get_running_loop().time() >= self._deadline:
+        loop = asyncio.get_running_loop()
+        if self.exchange is not None:   # a stream may run for long: its end arms the deadline again
+            self._deadline = loop.time() + HEAD_TIMEOUT
+        elif loop.time() >= self._deadline:
             self.transport.close()
-        else:
-            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._expire)
+            return
+        self._timer = loop.call_at(self._deadline, self._expire)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -315,7 +319,6 @@ class _Bare(asyncio.Protocol):
                     return   # the body is still arriving
                 body = bytes(self.buffer[end + 4:end + 4 + head.length])
                 del self.buffer[:end + 4 + head.length]
-                self.cancel_timer()
                 self.exchange = _Exchange(self, head, body)
                 return
             self.front._handover(self)
@@ -450,14 +453,21 @@ class _Exchange:
             self.conn.finished(not self.close)
 
 
+_REASONS: dict[int, bytes] = {}
+
+
 def _reason(status: int) -> bytes:
     """The status's reason phrase (empty for one HTTP does not name, as the grammar allows)."""
-    from http import HTTPStatus   # here: the idle daemon's door answers /healthz alone, with its own two
+    reason = _REASONS.get(status)
+    if reason is None:
+        from http import HTTPStatus   # here: the idle daemon's door answers /healthz alone, with its own two
 
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b""
+        _REASONS[status] = reason
+    return reason
 
 
 def _address(value: Any) -> list[Any] | None:
