@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-import aiosqlite
 from pydantic import BaseModel, ValidationError
 
 from ._sql import events_listed, events_select
@@ -185,32 +184,30 @@ class EventLog:
         """Append events in one transaction (the fast path for batches), then deliver them.
         Inside a transaction the caller holds, they join it (and are delivered after its commit)."""
         prepared = _prepare(items)   # validated and serialised before the write lock is taken
-        if self.store.in_transaction():
-            async with self.store.transaction() as db:
-                return await self._append(db, prepared)
+        if self.store.in_transaction():   # a savepoint of the caller's transaction, as a nested transaction()
+            return await self._join(prepared, savepoint=True)
         # the tail, the rows and the commit in one round trip to SQLite's thread (not four)
         events = await self.store.run_transaction(lambda conn: self._append_now(conn, prepared))
         await self.deliver(events)
         return events
 
-    async def append(self, db: aiosqlite.Connection, items: Sequence[NewEvent]) -> list[Event]:
-        """Append events inside the write transaction `db` the caller holds (`Store.transaction()`),
+    async def append(self, items: Sequence[NewEvent]) -> list[Event]:
+        """Append events inside the write transaction this task holds (`Store.transaction()`),
         without a savepoint of their own: they commit or roll back with the caller's rows, and
         reach subscribers after that commit. Raises ValueError as `emit` does."""
-        return await self._append(db, _prepare(items))
+        return await self._join(_prepare(items), savepoint=False)
 
-    async def _append(self, db: aiosqlite.Connection,
-                      prepared: list[tuple[NewEvent, dict[str, Any], str]]) -> list[Event]:
-        [tail] = await db.execute_fetchall(_TAIL)   # one round trip to SQLite's thread
-        values, events = _chain(prepared, tail, iso(self.clock.now()))
-        await _insert(db, values)
-        # inside a caller's transaction (Store.transaction joins it) they commit with it: deliver after
+    async def _join(self, prepared: list[tuple[NewEvent, dict[str, Any], str]], *, savepoint: bool) -> list[Event]:
+        """Append inside this task's transaction: the tail and the rows (and the savepoint) in one
+        round trip to SQLite's thread (not four); delivered after the caller's commit."""
+        events = await self.store.run_in_transaction(lambda conn: self._append_now(conn, prepared),
+                                                     savepoint=savepoint)
         await self.store.after_commit(lambda: self.deliver(events))
         return events
 
     def _append_now(self, conn: sqlite3.Connection,
                     prepared: list[tuple[NewEvent, dict[str, Any], str]]) -> list[Event]:
-        """`_append` on SQLite's thread, inside `Store.run_transaction`: the same rows."""
+        """The tail and the rows, on SQLite's thread (`Store.run_transaction`, `run_in_transaction`)."""
         [tail] = conn.execute(_TAIL).fetchall()
         values, events = _chain(prepared, tail, iso(self.clock.now()))
         for sql, rows in _batches(values):
@@ -344,13 +341,6 @@ def _batches(values: list[Any]) -> list[tuple[str, list[list[Any]]]]:
     if full < len(values):
         out.append((_INSERT_ONE, [values[i:i + _COLUMNS] for i in range(full, len(values), _COLUMNS)]))
     return out
-
-
-async def _insert(db: aiosqlite.Connection, values: list[Any]) -> None:
-    """Insert rows given as one flat list of values (`_batches`), in at most two round trips to
-    SQLite's thread."""
-    for sql, rows in _batches(values):
-        await db.executemany(sql, rows)
 
 
 def _prepare(items: Sequence[NewEvent]) -> list[tuple[NewEvent, dict[str, Any], str]]:

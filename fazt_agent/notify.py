@@ -37,6 +37,8 @@ from .events import EventLog
 from .store import Store, owner, stale
 
 if TYPE_CHECKING:
+    import sqlite3
+
     import apprise
 
     from .halt.store import Halt
@@ -137,18 +139,25 @@ class Notifications:
         # incident's "resolved" follows); the answer channels update what they posted
         names = [MAIN] if main and kind != "cancelled" else []
         names += list(self.channels) if halt_id is not None and kind is not None else []
-        ids: list[int] = []
-        async with self.store.transaction() as db:
-            for name in names:
-                cur = await db.execute(
+        if not names:
+            return None
+        rows = [(title, body, severity, halt_id, incident_id, iso(now), lease, self.me, name, kind) for name in names]
+
+        def insert(conn: sqlite3.Connection) -> list[int]:
+            ids = []
+            for row in rows:
+                rowid = conn.execute(
                     "INSERT INTO notifications(title, body, severity, halt_id, incident_id, status, attempts,"
-                    " created_at, next_attempt_at, owner, channel, kind) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?,"
-                    " ?, ?)", (title, body, severity, halt_id, incident_id, iso(now), lease, self.me, name, kind))
-                assert cur.lastrowid is not None
-                ids.append(cur.lastrowid)
-            for notification_id in ids:
-                await self.store.after_commit(lambda n=notification_id: self._attempt(n))
-        return ids[0] if ids else None
+                    " created_at, next_attempt_at, owner, channel, kind) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?,"
+                    " ?, ?, ?)", row).lastrowid
+                assert rowid is not None
+                ids.append(rowid)
+            return ids
+
+        ids = await self.store.write(insert)   # its own transaction, or a savepoint of the caller's
+        for notification_id in ids:   # inside a caller's transaction: once it commits; else now
+            await self.store.after_commit(lambda n=notification_id: self._attempt(n))
+        return ids[0]
 
     async def deliver_due(self, now: datetime | None = None) -> int:
         """Retry every pending notification that is due at `now`; returns how many were attempted."""

@@ -177,6 +177,17 @@ class Store:
             # one statement each
             return await unstoppable(self.db._execute(_whole, self.db._conn, fn))
 
+    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], T], *, savepoint: bool = True) -> T:
+        """`fn(connection)` run whole in SQLite's thread inside the transaction this task holds
+        (`transaction()`), in one round trip (a savepoint, `fn` and its release would be four or
+        more): within a SAVEPOINT of its own, rolled back to when `fn` raises, as a nested
+        `transaction()` is; with `savepoint=False`, as part of the caller's own statements. `fn`
+        runs on the other thread, as for `run_transaction`. A cancellation cannot cut it in half.
+        """
+        if not self.in_transaction():
+            raise RuntimeError("run_in_transaction() outside a transaction of this task")
+        return await unstoppable(self.db._execute(_part, self.db._conn, fn, savepoint))
+
     @contextlib.asynccontextmanager
     async def _savepoint(self) -> AsyncIterator[None]:
         self._savepoints += 1
@@ -294,10 +305,18 @@ class Store:
         return None if row is None else row[0]
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
-        """Run one write statement in its own transaction; returns the rows changed."""
-        async with self.transaction() as db:
-            cur = await db.execute(sql, tuple(params))
-            return cur.rowcount
+        """Run one write statement in its own transaction (inside this task's transaction, a
+        savepoint of it); returns the rows changed. One round trip to SQLite's thread."""
+        args = tuple(params)
+        return await self.write(lambda conn: conn.execute(sql, args).rowcount)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn(connection)` on SQLite's thread in one round trip, as `transaction()` would run its
+        statements: inside this task's transaction a savepoint of it (`run_in_transaction`), else a
+        transaction of its own (`run_transaction`)."""
+        if self.in_transaction():
+            return await self.run_in_transaction(fn)
+        return await self.run_transaction(fn)
 
     async def get_setting(self, key: str) -> str | None:
         return await self.scalar("SELECT value FROM settings WHERE key = ?", (key,))
@@ -328,6 +347,21 @@ def _whole(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return result
+
+
+def _part(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], savepoint: bool) -> T:
+    """`Store.run_in_transaction`'s work, on SQLite's thread."""
+    if not savepoint:
+        return fn(conn)
+    conn.execute("SAVEPOINT part")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK TO part")
+        conn.execute("RELEASE part")
+        raise
+    conn.execute("RELEASE part")
     return result
 
 

@@ -75,7 +75,7 @@ class BeatStore:
                   json.dumps(r.details, default=str), r.duration_ms) for r in beat.results])
             assert beat_id is not None
             if events is not None:
-                await events.append(db, [beat_event(beat, beat_id)])
+                await events.append([beat_event(beat, beat_id)])
         return beat_id
 
     async def latest(self, since: datetime | None = None, *, peek: bool = False) -> list[tuple[datetime, CheckResult]]:
