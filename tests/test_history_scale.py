@@ -206,10 +206,10 @@ async def test_a_beat_and_its_event_commit_together(tmp_path: Path, monkeypatch:
         beat_id = await beats.save(beat, log)
         assert seen == [(beat_id, 1)]
 
-        async def broken(*args: Any) -> None:
+        def broken(*args: Any) -> None:   # the event's rows, written on SQLite's thread
             raise OSError("disk full")
 
-        monkeypatch.setattr("fazt_agent.events._insert", broken)
+        monkeypatch.setattr("fazt_agent.events._batches", broken)
         with pytest.raises(OSError, match="disk full"):
             await beats.save(beat, log)
         with sqlite3.connect(db) as conn:
