@@ -4,13 +4,15 @@
 checks only, with a 10 s window, and kinds_scale at 1, 10 and 100 checks. Exit code 0 when every
 benchmark ran and met its target, 1 otherwise, 2 for bad arguments.
 
-    python bench/run_all.py [--quick] [--json]
+    python bench/run_all.py [--quick] [--json] [--reports FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,22 +25,36 @@ HERE = Path(__file__).resolve().parent
 
 
 def run(script: str, args: list[str], timeout: float) -> dict[str, Any]:
-    """One benchmark's JSON report, or {"error": ...} when it crashed or printed no JSON."""
+    """One benchmark's JSON report, or {"error": ...} when it crashed, printed no JSON or ran out of
+    time. The benchmark runs in a session of its own, so a timeout ends what it started too (its
+    daemon, Monit, node_exporter), not only the benchmark's own process."""
     print(f"running {' '.join([script, *args])} ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(HERE / script), *args, "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=HERE.parent, start_new_session=True)
     try:
-        done = subprocess.run([sys.executable, str(HERE / script), *args, "--json"],
-                              capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:g}s"}
+    finally:
+        _kill_session(proc)   # anything it left behind
     try:
-        report: dict[str, Any] = json.loads(done.stdout)
+        report: dict[str, Any] = json.loads(stdout)
     except json.JSONDecodeError:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit code {done.returncode}: {last}"}
-    report["exit_code"] = done.returncode
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit code {proc.returncode}: {last}"}
+    report["exit_code"] = proc.returncode
     report["wall_s"] = time.monotonic() - t0
     return report
+
+
+def _kill_session(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL to every process still in the benchmark's session, then reap the benchmark."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
 # (benchmark, label, how to read the value, target text, met or None when there is no target)
@@ -155,11 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run all fazt-agent benchmarks and summarise them.")
     parser.add_argument("--quick", action="store_true", help="a 15 s idle window instead of 60 s")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--reports", type=Path, metavar="FILE",
+                        help="also write every benchmark's whole report (its scale curves) to FILE as JSON")
     args = parser.parse_args(argv)
 
     idle_seconds = 15 if args.quick else 60
     reports = {
-        "idle": run("idle.py", ["--seconds", str(idle_seconds), "--interval", "5s"], timeout=idle_seconds + 120),
+        # three windows one after the other (the daemon, node_exporter, Monit), each after a 5 s warm-up
+        "idle": run("idle.py", ["--seconds", str(idle_seconds), "--interval", "5s"],
+                    timeout=3 * (idle_seconds + 5) + 120),
         "beat_latency": run("beat_latency.py", [], timeout=300),
         "events_throughput": run("events_throughput.py", [], timeout=300),
         # --quick: up to a week of beats (120k) and 100k events
@@ -186,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         table.append({"bench": bench, "metric": label, "value": value(report), "target": target, "ok": ok})
     errors = {name: r["error"] for name, r in reports.items() if "error" in r}
     all_ok &= not errors
+    if args.reports is not None:
+        args.reports.write_text(json.dumps(reports, indent=1, default=str) + "\n")
     if args.json:
         print_json({"quick": args.quick, "ok": all_ok, "summary": table, "errors": errors, "reports": reports})
         return 0 if all_ok else 1
