@@ -129,30 +129,30 @@ class _Validator:
     def __init__(self) -> None:
         self._models: dict[str, tuple[type[BaseModel], Callable[..., Any], Callable[..., Any]]] = {}
 
-    def model(self, type_: str) -> tuple[type[BaseModel], Callable[..., Any], Callable[..., Any]]:
-        """(model, its validator's validate_python, its serializer's to_python) of an event type."""
-        found = self._models.get(type_)
-        if found is None:
-            # the catalogue is imported by the first write, not with the log: reading events needs none of it
-            from .event_types import EVENT_TYPES
+    def _load(self, type_: str) -> tuple[type[BaseModel], Callable[..., Any], Callable[..., Any]]:
+        # the catalogue is imported by the first write, not with the log: reading events needs none of it
+        from .event_types import EVENT_TYPES
 
-            model = EVENT_TYPES.get(type_)
-            if model is None:
-                raise ValueError(f"unknown event type {type_!r}; register it in fazt_agent.event_types")
-            found = self._models[type_] = (model, model.__pydantic_validator__.validate_python,
-                                           model.__pydantic_serializer__.to_python)
+        model = EVENT_TYPES.get(type_)
+        if model is None:
+            raise ValueError(f"unknown event type {type_!r}; register it in fazt_agent.event_types")
+        found = self._models[type_] = (model, model.__pydantic_validator__.validate_python,
+                                       model.__pydantic_serializer__.to_python)
         return found
 
     def __call__(self, type_: str, data: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
-        model, validate, dump = self.model(type_)
-        if type(data) is not dict and isinstance(data, model):   # already validated: only dumped
-            return dump(data, mode="json") if type(data) is model else data.model_dump(mode="json")
+        model, validate, dump = self._models.get(type_) or self._load(type_)
+        if type(data) is model:   # already validated: only dumped
+            return dump(data, mode="json")
+        if type(data) is not dict:   # the usual shapes (the model, a dict) first: this runs per event of a batch
+            if isinstance(data, model):
+                return data.model_dump(mode="json")
+            data = data.model_dump() if isinstance(data, BaseModel) else dict(data)
         try:
-            data = validate(data if type(data) is dict else
-                            data.model_dump() if isinstance(data, BaseModel) else dict(data))
+            validated = validate(data)
         except ValidationError as e:
             raise ValueError(f"bad data for event {type_!r}: {e}") from None
-        return dump(data, mode="json")
+        return dump(validated, mode="json")
 
 
 class EventLog:
@@ -349,23 +349,12 @@ def _batches(values: list[Any]) -> list[tuple[str, list[list[Any]]]]:
 
 
 def _prepare(items: Sequence[NewEvent]) -> list[tuple[NewEvent, dict[str, Any], str]]:
-    """Each event with its validated data and that data's canonical JSON. The two usual shapes
-    (a plain dict, an instance of the type's own model) are handled here, the rest by `_Validator`."""
-    validator, canonical = _Validator(), _canonical
+    """Each event with its validated data and that data's canonical JSON."""
+    validate, canonical = _Validator(), _canonical
     out: list[tuple[NewEvent, dict[str, Any], str]] = []
     add = out.append
     for n in items:
-        type_, data = n.type, n.data
-        model, validate, dump = validator.model(type_)
-        if type(data) is dict:
-            try:
-                data = dump(validate(data), mode="json")
-            except ValidationError as e:
-                raise ValueError(f"bad data for event {type_!r}: {e}") from None
-        elif type(data) is model:
-            data = dump(data, mode="json")
-        else:
-            data = validator(type_, data)
+        data = validate(n.type, n.data)
         add((n, data, canonical(data)))
     return out
 
