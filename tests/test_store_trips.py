@@ -20,6 +20,19 @@ from fazt_agent.store import Store
 SETTING = "SELECT value FROM settings WHERE key = 'k'"
 
 
+def count_trips(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pieces of work the store hands SQLite's thread from now on, by the name of their function."""
+    trips: list[str] = []
+    real = type(store.db)._execute
+
+    async def counted(self: object, fn: object, *args: object, **kwargs: object) -> object:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kwargs)   # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(store.db), "_execute", counted)
+    return trips
+
+
 async def test_peek_sees_every_commit_at_once_and_a_transaction_its_own_writes(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "agent.db")
     try:
@@ -75,14 +88,7 @@ async def test_fetchone_is_one_round_trip_and_reads_inside_a_transaction(tmp_pat
     store = await Store.open(tmp_path / "agent.db")
     try:
         await store.set_setting("k", "1")
-        trips: list[str] = []
-        real = type(store.db)._execute
-
-        async def counted(self: object, fn: object, *args: object, **kwargs: object) -> object:
-            trips.append(getattr(fn, "__name__", repr(fn)))
-            return await real(self, fn, *args, **kwargs)   # type: ignore[arg-type]
-
-        monkeypatch.setattr(type(store.db), "_execute", counted)
+        trips = count_trips(store, monkeypatch)
         row = await store.fetchone(SETTING)
         assert row is not None and row["value"] == "1" and len(trips) == 1
         assert await store.fetchone("SELECT value FROM settings WHERE key = 'none'") is None
@@ -102,14 +108,7 @@ async def test_writes_inside_a_transaction_are_one_round_trip_each_and_a_failed_
     store = await Store.open(tmp_path / "agent.db")
     try:
         log = EventLog(store)
-        trips: list[str] = []
-        real = type(store.db)._execute
-
-        async def counted(self: object, fn: object, *args: object, **kwargs: object) -> object:
-            trips.append(getattr(fn, "__name__", repr(fn)))
-            return await real(self, fn, *args, **kwargs)   # type: ignore[arg-type]
-
-        monkeypatch.setattr(type(store.db), "_execute", counted)
+        trips = count_trips(store, monkeypatch)
         assert await store.execute("INSERT INTO settings(key, value) VALUES ('a', '1')") == 1
         assert trips == ["_whole"]   # BEGIN, the statement and COMMIT together
 
