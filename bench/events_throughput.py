@@ -55,20 +55,24 @@ def _rate(count: int, seconds: float, cpu: float | None = None) -> dict[str, flo
     return rate
 
 
-async def batched(db: Path, n: int, batch: int) -> dict[str, Any]:
-    """N events through `EventLog.emit_many`, `batch` per call, into a fresh database."""
-    from fazt_agent.events import EventLog, NewEvent
+def _alerts(n: int, batch: int) -> list[list[Any]]:
+    """N `agent.alert` events in lists of `batch`, as the event log takes them."""
+    from fazt_agent.events import NewEvent
+
+    return [[NewEvent("agent.alert", {"message": f"bench event {i} of {n}"})
+             for i in range(start, min(start + batch, n))] for start in range(0, n, batch)]
+
+
+async def write_rows(db: Path, n: int, batch: int) -> None:
+    """N events through `EventLog.emit_many` into a fresh database: the rows the raw inserts write."""
+    from fazt_agent.events import EventLog
     from fazt_agent.store import Store
 
     store = await Store.open(db)
     try:
         log = EventLog(store)
-        batches = [[NewEvent("agent.alert", {"message": f"bench event {i} of {n}"})
-                    for i in range(start, min(start + batch, n))] for start in range(0, n, batch)]
-        c0, t0 = time.process_time(), time.perf_counter()
-        for items in batches:
+        for items in _alerts(n, batch):
             await log.emit_many(items)
-        return _rate(n, time.perf_counter() - t0, time.process_time() - c0)
     finally:
         await store.close()
 
@@ -169,7 +173,7 @@ def raw_batch(conn: sqlite3.Connection, part: list[tuple[Any, ...]], per_stateme
 async def interleaved(tmp: Path, r: int, rows: list[tuple[Any, ...]], batch: int) -> dict[str, dict[str, float]]:
     """One round: the event log and the three raw inserts, taking turns batch by batch, each into a
     fresh database; the wall and CPU time each spent in its own batches."""
-    from fazt_agent.events import EventLog, NewEvent
+    from fazt_agent.events import EventLog
     from fazt_agent.store import Store
 
     n = len(rows)
@@ -180,9 +184,7 @@ async def interleaved(tmp: Path, r: int, rows: list[tuple[Any, ...]], batch: int
     spent = {name: [0.0, 0.0] for name in ("batched", *raws)}
     try:
         log = EventLog(store)
-        batches = [[NewEvent("agent.alert", {"message": f"bench event {i} of {n}"})
-                    for i in range(start, min(start + batch, n))] for start in range(0, n, batch)]
-        for k, items in enumerate(batches):
+        for k, items in enumerate(_alerts(n, batch)):
             part = rows[k * batch:(k + 1) * batch]
             for name in ("batched", *raws) if k % 2 == 0 else (*raws, "batched"):
                 c0, t0 = time.process_time(), time.perf_counter()
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fazt-bench-events-") as tmp_name:
         tmp = Path(tmp_name)
         # the rows the raw inserts write: the event log's own, written once before the rounds
-        asyncio.run(batched(tmp / "rows.db", args.events, args.batch))
+        asyncio.run(write_rows(tmp / "rows.db", args.events, args.batch))
         rows = _rows(tmp / "rows.db")
         for r in range(args.rounds):
             for name, rate in asyncio.run(interleaved(tmp, r, rows, args.batch)).items():
